@@ -1,2 +1,224 @@
+//! Keel: a type-1 hypervisor for 64-bit RISC-V on the H extension.
+//!
+//! The SBI firmware enters [`keel_boot_main`] in HS-mode on one hart with a0 = hartid, a1 = device tree. Keel
+//! reads the device tree, takes the free memory, starts every other hart, creates the capsules the bundled
+//! manifest image asks for, and then every hart runs vCPUs (see `run`).
+
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod capsule;
+mod console;
+mod firmware;
+mod guest_memory;
+mod hart;
+mod hostirq;
+mod memory;
+mod platform;
+mod run;
+mod stats;
+mod vcpu;
+
+use alloc::{string::String, vec::Vec};
+use core::sync::atomic::Ordering;
+
+use spin::Once;
+
+use crate::arch::csr::{self, bits};
+use crate::capsule::{Capsule, Definition, CAPSULES, FOCUS};
+use crate::platform::Platform;
+
+/// Page-aligned wrapper for the bundled image.
+#[repr(C, align(4096))]
+pub struct Aligned<T: ?Sized>(pub T);
+
+include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
+
+/// The machine, once the boot hart has examined it.
+pub static PLATFORM: Once<Platform> = Once::new();
+/// mvendorid, marchid, mimpid as the firmware reports them (passed on to guests).
+pub static MACHINE_IDS: Once<(usize, usize, usize)> = Once::new();
+
+/// The least free memory Keel needs for itself and one small capsule.
+const MINIMUM_FREE_MEMORY: usize = 48 * 1024 * 1024;
+
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::console::print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Stops the machine after a fatal boot problem, saying what it is.
+fn fatal(message: core::fmt::Arguments) -> ! {
+    println!("[keel] FATAL: {message}");
+    firmware::shutdown_failure();
+    loop {
+        arch::wait_for_interrupt();
+    }
+}
+
+/// The boot hart's entry from `_start`.
+#[unsafe(no_mangle)]
+extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
+    arch::install_host_trap_vector();
+    memory::init_early_heap();
+    console::init_logger();
+
+    // The device tree is an allegation until parsed: check its header before trusting its size.
+    let mut header = [0u8; 40];
+    // SAFETY: the firmware passes the physical address of the device tree in a1; reading its 40-byte header is
+    // within the blob whatever its size.
+    unsafe { core::ptr::copy_nonoverlapping(dtb as *const u8, header.as_mut_ptr(), header.len()) };
+    let Some(size) = keel_devicetree::total_size(&header) else {
+        fatal(format_args!("no valid device tree at {dtb:#x}"));
+    };
+    // SAFETY: the header's magic was right and it says the blob is `size` bytes long.
+    let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, size) };
+    let host = match keel_devicetree::parse_host(blob) {
+        Ok(host) => host,
+        Err(error) => fatal(format_args!("the device tree could not be read: {error}")),
+    };
+    if let Some(uart) = &host.uart {
+        console::init(uart.base as usize);
+    }
+    let (firmware_id, firmware_version) = firmware::implementation();
+    println!(
+        "[keel] Keel {} on {} — boot hart {hartid}, {} hart(s), {} MiB RAM, SBI firmware id {firmware_id} version {firmware_version:#x}",
+        env!("CARGO_PKG_VERSION"),
+        host.model.as_deref().unwrap_or("an unnamed machine"),
+        host.harts.iter().filter(|h| h.enabled).count(),
+        host.memory.iter().map(|r| r.size).sum::<u64>() >> 20,
+    );
+
+    let boot = host.harts.iter().find(|h| h.hartid as usize == hartid);
+    if !boot.is_some_and(|h| h.isa_extensions.iter().any(|e| e == "h")) {
+        fatal(format_args!(
+            "hart {hartid} has no H (hypervisor) extension (ISA {}); Keel needs it. On QEMU, use a CPU with h=true.",
+            boot.map_or("unknown", |h| h.isa.as_str())
+        ));
+    }
+
+    memory::init(&host.memory, &host.reserved, (dtb, dtb + size));
+    if memory::free_bytes() < MINIMUM_FREE_MEMORY {
+        fatal(format_args!(
+            "only {} MiB of RAM is free; Keel needs at least {} MiB",
+            memory::free_bytes() >> 20,
+            MINIMUM_FREE_MEMORY >> 20
+        ));
+    }
+
+    // Sstc for guests: henvcfg.STCE only sticks when the firmware lets S-mode use stimecmp.
+    csr::henvcfg::write(bits::HENVCFG_STCE);
+    let sstc = csr::henvcfg::read() & bits::HENVCFG_STCE != 0;
+    csr::henvcfg::write(0);
+    // VMID width: write all ones and see what sticks (mode Bare keeps this harmless).
+    csr::hgatp::write(0x3fff << 44);
+    let vmid_bits = (csr::hgatp::read() >> 44 & 0x3fff).count_ones();
+    csr::hgatp::write(0);
+    MACHINE_IDS.call_once(firmware::machine_ids);
+
+    hart::mark_online();
+    let enabled: Vec<usize> = host.harts.iter().filter(|h| h.enabled).map(|h| h.hartid as usize).collect();
+    hart::start_secondaries(enabled.iter().copied());
+    hart::wait_online(enabled.len().min(hart::MAX_HARTS));
+    let mut online_harts = alloc::vec![hartid];
+    online_harts.extend(enabled.iter().copied().filter(|&h| h != hartid && h < hart::MAX_HARTS));
+    online_harts.truncate(hart::online_count());
+
+    let guest_isa_extensions = Platform::guest_isa(&host, hartid, sstc);
+    let guest_mmu_type = boot.and_then(|h| h.mmu_type.clone()).unwrap_or_else(|| String::from("riscv,sv39"));
+    let platform = PLATFORM.call_once(|| Platform {
+        host,
+        online_harts,
+        sstc,
+        guest_isa_extensions,
+        guest_mmu_type,
+        vmid_bits,
+    });
+    log::info!(
+        "{} harts online; {} MiB free; Sstc {}; {}-bit VMIDs; guest ISA {}",
+        platform.online_harts.len(),
+        memory::free_bytes() >> 20,
+        if sstc { "yes" } else { "no" },
+        vmid_bits,
+        platform.guest_isa_string()
+    );
+
+    if let (Some(plic), Some(uart)) = (&platform.host.plic, &platform.host.uart) {
+        let context = plic.s_contexts.iter().find(|(h, _)| *h as usize == hartid).map(|(_, c)| *c);
+        match (context, uart.irq) {
+            (Some(context), Some(irq)) => {
+                hostirq::init(plic.base as usize, context as usize, irq);
+                console::enable_input_interrupt();
+            }
+            _ => log::warn!("no PLIC route for the console's interrupt: console input is unavailable"),
+        }
+    }
+
+    start_capsules(platform);
+    run::init_hart();
+    run::hart_loop();
+}
+
+/// Creates the boot capsule and every autostart capsule of the bundled image.
+fn start_capsules(platform: &'static Platform) {
+    let bundled: &'static [u8] = &BUNDLED.0;
+    if bundled.is_empty() {
+        log::warn!("this build has no bundled manifest image: nothing to run");
+        return;
+    }
+    let image = match keel_dmfs::Image::parse(bundled) {
+        Ok(image) => image,
+        Err(error) => {
+            log::error!("the bundled manifest image is unusable: {error}");
+            return;
+        }
+    };
+    let mut next_hart = 0;
+    let mut vmid: u16 = 1;
+    for entry in image.capsules().filter(|c| c.boot || c.autostart) {
+        let definition = Definition {
+            name: entry.name,
+            kernel: entry.kernel,
+            initrd: entry.initrd,
+            cmdline: entry.cmdline,
+            memory: entry.memory,
+            vcpus: entry.vcpus,
+            boot: entry.boot,
+        };
+        match Capsule::create(definition, platform, vmid, next_hart) {
+            Ok(capsule) => {
+                if entry.boot {
+                    FOCUS.store(capsule.id, Ordering::Release);
+                }
+                next_hart += entry.vcpus as usize;
+                vmid = vmid.wrapping_add(1).max(1);
+                run::assign(&capsule);
+                CAPSULES.lock().push(capsule.clone());
+                capsule.start();
+            }
+            Err(error) => log::error!("capsule '{}' was not started: {error}", entry.name),
+        }
+    }
+}
+
+/// A secondary hart's entry, started by the boot hart through SBI HSM.
+#[unsafe(no_mangle)]
+extern "C" fn keel_secondary_main(_hartid: usize, _stack_top: usize) -> ! {
+    arch::install_host_trap_vector();
+    hart::mark_online();
+    // Wait for the boot hart to finish examining the machine.
+    PLATFORM.wait();
+    run::init_hart();
+    run::hart_loop();
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    console::print_unlocked(format_args!("[keel h{}] PANIC: {}\n", hart::id(), info));
+    firmware::shutdown_failure();
+    loop {
+        arch::wait_for_interrupt();
+    }
+}

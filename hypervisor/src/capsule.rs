@@ -1,0 +1,396 @@
+//! Capsules: isolated virtual machines built from manifest entries — their RAM, G-stage tables, virtual devices,
+//! generated device tree and vCPUs.
+
+use alloc::{boxed::Box, collections::VecDeque, format, string::String, sync::Arc, vec::Vec};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use keel_devices::{plic::Plic, uart16550::Uart16550};
+use keel_gstage::{GStage, Mode, Perm, TableMemory};
+use spin::Mutex;
+
+use crate::guest_memory::GuestMemory;
+use crate::platform::Platform;
+use crate::vcpu::{Context, FpState, VsCsrs};
+use crate::{arch::csr::bits, memory};
+
+/// Where every capsule's RAM starts, as on QEMU `virt`.
+pub const RAM_BASE: u64 = 0x8000_0000;
+/// The virtual PLIC.
+pub const PLIC_BASE: u64 = 0x0c00_0000;
+/// Size of the virtual PLIC's register window.
+pub const PLIC_SIZE: u64 = 0x400_0000;
+/// Interrupt sources of the virtual PLIC (ids 1..PLIC_SOURCES-1), as many as QEMU `virt` has.
+pub const PLIC_SOURCES: u32 = 96;
+/// The virtual 16550.
+pub const UART_BASE: u64 = 0x1000_0000;
+/// Size of the 16550's register window.
+pub const UART_SIZE: u64 = 0x100;
+/// The 16550's interrupt source.
+pub const UART_IRQ: u32 = 10;
+/// Input clock the 16550 claims to have (QEMU's value).
+pub const UART_CLOCK: u32 = 3_686_400;
+/// Bytes of console input a capsule buffers before more is dropped.
+const INPUT_LIMIT: usize = 4096;
+
+/// Page-table memory for G-stage tables: whole pages from the host page allocator.
+pub struct HostTables;
+
+impl TableMemory for HostTables {
+    fn alloc_table(&mut self, bytes: usize, align: usize) -> Option<u64> {
+        let pages = bytes.div_ceil(memory::PAGE_SIZE);
+        let address = memory::alloc_pages(pages)?;
+        // The buddy allocator aligns a block to its own size, which covers the 16 KiB root's alignment.
+        debug_assert_eq!(address % align, 0);
+        Some(address as u64)
+    }
+
+    fn free_table(&mut self, addr: u64, bytes: usize) {
+        memory::free_pages(addr as usize, bytes.div_ceil(memory::PAGE_SIZE));
+    }
+
+    fn read_pte(&self, addr: u64) -> u64 {
+        // SAFETY: the G-stage code only reads entries of tables this type allocated.
+        unsafe { core::ptr::read_volatile(addr as *const u64) }
+    }
+
+    fn write_pte(&mut self, addr: u64, pte: u64) {
+        // SAFETY: the G-stage code only writes entries of tables this type allocated.
+        unsafe { core::ptr::write_volatile(addr as *mut u64, pte) };
+    }
+}
+
+/// The virtual devices of one capsule.
+pub struct Devices {
+    pub uart: Uart16550,
+    pub plic: Plic,
+    /// Console input waiting for room in the UART's receive FIFO.
+    pub input: VecDeque<u8>,
+}
+
+impl Devices {
+    fn new(vcpus: usize) -> Self {
+        Devices { uart: Uart16550::new(), plic: Plic::new(PLIC_SOURCES, vcpus), input: VecDeque::new() }
+    }
+
+    /// Moves buffered input into the UART and updates its interrupt line.
+    pub fn pump_input(&mut self) {
+        while let Some(&byte) = self.input.front() {
+            if !self.uart.receive(byte) {
+                break;
+            }
+            self.input.pop_front();
+        }
+        self.sync_irqs();
+    }
+
+    /// Copies device interrupt levels into the PLIC.
+    pub fn sync_irqs(&mut self) {
+        let level = self.uart.irq_level();
+        self.plic.set_level(UART_IRQ, level);
+    }
+}
+
+/// HSM state of a vCPU, shared between harts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u32)]
+pub enum RunState {
+    Stopped = 0,
+    StartPending = 1,
+    Started = 2,
+}
+
+/// What other harts may ask of a vCPU, and its HSM state.
+pub struct VcpuShared {
+    pub state: AtomicU32,
+    pub start_pc: AtomicU64,
+    pub start_opaque: AtomicU64,
+    /// A software interrupt is to be injected.
+    pub ipi: AtomicBool,
+    /// `fence.i` before the next guest instruction.
+    pub fence_i: AtomicBool,
+    /// Flush the VS-stage TLB before the next guest instruction.
+    pub flush_vvma: AtomicBool,
+    /// Device interrupt state changed: recompute VSEIP.
+    pub irq_changed: AtomicBool,
+    /// The hart this vCPU runs on.
+    pub hart: AtomicUsize,
+}
+
+impl VcpuShared {
+    fn new(hart: usize) -> Self {
+        VcpuShared {
+            state: AtomicU32::new(RunState::Stopped as u32),
+            start_pc: AtomicU64::new(0),
+            start_opaque: AtomicU64::new(0),
+            ipi: AtomicBool::new(false),
+            fence_i: AtomicBool::new(false),
+            flush_vvma: AtomicBool::new(false),
+            irq_changed: AtomicBool::new(false),
+            hart: AtomicUsize::new(hart),
+        }
+    }
+
+    pub fn state(&self) -> RunState {
+        match self.state.load(Ordering::Acquire) {
+            1 => RunState::StartPending,
+            2 => RunState::Started,
+            _ => RunState::Stopped,
+        }
+    }
+
+    /// Moves Stopped -> StartPending atomically; false if the vCPU was not stopped.
+    pub fn request_start(&self, pc: u64, opaque: u64) -> bool {
+        self.start_pc.store(pc, Ordering::Relaxed);
+        self.start_opaque.store(opaque, Ordering::Relaxed);
+        self.state
+            .compare_exchange(RunState::Stopped as u32, RunState::StartPending as u32, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub fn set_state(&self, state: RunState) {
+        self.state.store(state as u32, Ordering::Release);
+    }
+}
+
+/// What a capsule was made from.
+#[derive(Clone, Copy)]
+pub struct Definition {
+    pub name: &'static str,
+    pub kernel: &'static [u8],
+    pub initrd: Option<&'static [u8]>,
+    pub cmdline: &'static str,
+    pub memory: u64,
+    pub vcpus: u32,
+    pub boot: bool,
+}
+
+/// A running (or stopped) virtual machine.
+pub struct Capsule {
+    pub id: u32,
+    pub name: String,
+    pub definition: Definition,
+    pub memory: GuestMemory,
+    gstage: Mutex<Option<GStage>>,
+    pub hgatp: u64,
+    pub devices: Mutex<Devices>,
+    pub vcpus: Vec<VcpuShared>,
+    /// Bumped on every reboot so harts drop the vCPU state of the previous run.
+    pub generation: AtomicU32,
+    /// Set when the capsule has shut down for good.
+    pub stopped: AtomicBool,
+    /// Entry point of vCPU 0 and the device tree address, for (re)boots.
+    pub entry: AtomicU64,
+    pub fdt_addr: AtomicU64,
+}
+
+/// Why a capsule could not be built.
+#[derive(Debug)]
+pub enum CreateError {
+    OutOfMemory(&'static str),
+    Kernel(keel_linux_boot::ImageError),
+    Placement(keel_linux_boot::PlacementError),
+    DeviceTree(String),
+    TooManyVcpus { vcpus: u32, harts: usize },
+    Map(keel_gstage::MapError),
+}
+
+impl core::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CreateError::OutOfMemory(what) => write!(f, "not enough free memory for its {what}"),
+            CreateError::Kernel(error) => write!(f, "kernel rejected: {error}"),
+            CreateError::Placement(error) => write!(f, "kernel does not fit its memory: {error}"),
+            CreateError::DeviceTree(error) => write!(f, "device tree could not be built: {error}"),
+            CreateError::TooManyVcpus { vcpus, harts } => {
+                write!(f, "asks for {vcpus} vCPUs but only {harts} harts are online")
+            }
+            CreateError::Map(error) => write!(f, "G-stage mapping failed: {error}"),
+        }
+    }
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+impl Capsule {
+    /// Builds a capsule: allocates and maps its RAM, loads its kernel, initrd and device tree. Its vCPUs are
+    /// assigned to harts starting at `first_hart` but not started.
+    pub fn create(definition: Definition, platform: &Platform, vmid: u16, first_hart: usize) -> Result<Arc<Capsule>, CreateError> {
+        let harts = platform.online_harts.len();
+        if definition.vcpus as usize > harts || definition.vcpus == 0 {
+            return Err(CreateError::TooManyVcpus { vcpus: definition.vcpus, harts });
+        }
+        let memory = GuestMemory::allocate(RAM_BASE, definition.memory).ok_or(CreateError::OutOfMemory("RAM"))?;
+        let mut tables = HostTables;
+        let mut gstage = GStage::new(&mut tables, Mode::Sv39x4).map_err(CreateError::Map)?;
+        for (gpa, hpa) in memory.chunks() {
+            gstage
+                .map_range(&mut tables, gpa, hpa as u64, crate::guest_memory::CHUNK, Perm::READ | Perm::WRITE | Perm::EXEC)
+                .map_err(CreateError::Map)?;
+        }
+        let hgatp = gstage.hgatp(vmid).map_err(CreateError::Map)?;
+        let vcpus = (0..definition.vcpus as usize)
+            .map(|i| VcpuShared::new(platform.online_harts[(first_hart + i) % harts]))
+            .collect();
+        let capsule = Capsule {
+            id: NEXT_ID.fetch_add(1, Ordering::AcqRel),
+            name: String::from(definition.name),
+            definition,
+            memory,
+            gstage: Mutex::new(Some(gstage)),
+            hgatp,
+            devices: Mutex::new(Devices::new(definition.vcpus as usize)),
+            vcpus,
+            generation: AtomicU32::new(0),
+            stopped: AtomicBool::new(false),
+            entry: AtomicU64::new(0),
+            fdt_addr: AtomicU64::new(0),
+        };
+        capsule.load(platform)?;
+        Ok(Arc::new(capsule))
+    }
+
+    /// Loads kernel, initrd and device tree into RAM and makes vCPU 0 ready to start.
+    pub fn load(&self, platform: &Platform) -> Result<(), CreateError> {
+        let definition = &self.definition;
+        let kind = keel_linux_boot::identify(definition.kernel).map_err(CreateError::Kernel)?;
+        const FDT_MAX: u64 = 64 * 1024;
+        let placement = keel_linux_boot::place(
+            RAM_BASE,
+            self.memory.size(),
+            &kind,
+            definition.kernel.len() as u64,
+            definition.initrd.map(|initrd| initrd.len() as u64),
+            FDT_MAX,
+        )
+        .map_err(CreateError::Placement)?;
+        let fdt = crate::platform::guest_tree(platform, self, placement.initrd).map_err(CreateError::DeviceTree)?;
+        if fdt.len() as u64 > FDT_MAX {
+            return Err(CreateError::DeviceTree(format!("{} bytes is more than the {FDT_MAX} reserved", fdt.len())));
+        }
+        let loaded = self
+            .memory
+            .write(placement.kernel_addr, definition.kernel)
+            .and_then(|()| match (definition.initrd, placement.initrd) {
+                (Some(initrd), Some((start, _))) => self.memory.write(start, initrd),
+                _ => Ok(()),
+            })
+            .and_then(|()| self.memory.write(placement.fdt_addr, &fdt));
+        if loaded.is_err() {
+            return Err(CreateError::DeviceTree(String::from("placement outside RAM")));
+        }
+        self.entry.store(placement.entry, Ordering::Release);
+        self.fdt_addr.store(placement.fdt_addr, Ordering::Release);
+        log::info!(
+            "capsule {} '{}': {} MiB RAM, {} vCPU(s), kernel {} KiB at {:#x}, initrd {}, device tree at {:#x}",
+            self.id,
+            self.name,
+            self.memory.size() >> 20,
+            self.vcpus.len(),
+            definition.kernel.len() >> 10,
+            placement.kernel_addr,
+            match placement.initrd {
+                Some((start, end)) => format!("{} KiB at {start:#x}", (end - start) >> 10),
+                None => String::from("none"),
+            },
+            placement.fdt_addr
+        );
+        Ok(())
+    }
+
+    /// Marks vCPU 0 to start at the kernel entry and kicks its hart.
+    pub fn start(&self) {
+        let entry = self.entry.load(Ordering::Acquire);
+        let fdt = self.fdt_addr.load(Ordering::Acquire);
+        if self.vcpus[0].request_start(entry, fdt) {
+            crate::hart::kick(self.vcpus[0].hart.load(Ordering::Acquire));
+        }
+    }
+
+    /// Memory Keel spends on this capsule beyond its RAM: G-stage tables.
+    pub fn overhead_bytes(&self) -> u64 {
+        self.gstage.lock().as_ref().map_or(0, |g| g.table_bytes())
+    }
+
+    /// Delivers console input to this capsule's UART.
+    pub fn console_input(&self, byte: u8) {
+        let mut devices = self.devices.lock();
+        if devices.input.len() < INPUT_LIMIT {
+            devices.input.push_back(byte);
+        }
+        devices.pump_input();
+        drop(devices);
+        self.notify_irq_change();
+    }
+
+    /// Tells every vCPU that device interrupt lines changed.
+    pub fn notify_irq_change(&self) {
+        for vcpu in &self.vcpus {
+            vcpu.irq_changed.store(true, Ordering::Release);
+            crate::hart::kick(vcpu.hart.load(Ordering::Acquire));
+        }
+    }
+}
+
+impl Drop for Capsule {
+    fn drop(&mut self) {
+        if let Some(gstage) = self.gstage.lock().take() {
+            gstage.destroy(&mut HostTables);
+        }
+    }
+}
+
+/// A vCPU's private state, owned by the hart that runs it.
+pub struct Vcpu {
+    pub context: Context,
+    pub vs: VsCsrs,
+    pub fp: FpState,
+    pub capsule: Arc<Capsule>,
+    pub index: usize,
+    pub generation: u32,
+    /// `sstatus` the guest starts with: VS-mode (SPP), FP usable (FS = Initial).
+    pub exits: crate::stats::ExitCounters,
+}
+
+impl Vcpu {
+    /// A vCPU in reset state.
+    pub fn new(capsule: Arc<Capsule>, index: usize) -> Box<Vcpu> {
+        let generation = capsule.generation.load(Ordering::Acquire);
+        Box::new(Vcpu {
+            context: Context::default(),
+            vs: VsCsrs::reset(),
+            fp: FpState::default(),
+            capsule,
+            index,
+            generation,
+            exits: Default::default(),
+        })
+    }
+
+    /// Resets registers to enter the guest at `pc` with a0 = vCPU id, a1 = `opaque`, translation off.
+    pub fn reset_to(&mut self, pc: u64, opaque: u64) {
+        self.context = Context::default();
+        self.context.guest.x[10] = self.index as u64;
+        self.context.guest.x[11] = opaque;
+        self.context.guest.sepc = pc;
+        self.context.guest.sstatus = bits::SSTATUS_SPP | bits::SSTATUS_FS_INITIAL | bits::SSTATUS_UXL_64;
+        self.context.guest.hstatus = bits::HSTATUS_SPV | bits::HSTATUS_SPVP | bits::HSTATUS_VSXL_64;
+        self.vs = VsCsrs::reset();
+        self.fp = FpState::default();
+    }
+
+    pub fn shared(&self) -> &VcpuShared {
+        &self.capsule.vcpus[self.index]
+    }
+}
+
+/// Every capsule that exists.
+pub static CAPSULES: Mutex<Vec<Arc<Capsule>>> = Mutex::new(Vec::new());
+
+/// The capsule that receives console input.
+pub static FOCUS: AtomicU32 = AtomicU32::new(0);
+
+/// The capsule with console focus, if it exists.
+pub fn focused() -> Option<Arc<Capsule>> {
+    let id = FOCUS.load(Ordering::Acquire);
+    CAPSULES.lock().iter().find(|c| c.id == id).cloned()
+}

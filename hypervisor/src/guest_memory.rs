@@ -1,0 +1,113 @@
+//! A capsule's RAM: host pages in 2 MiB chunks, mapped contiguously at the capsule's guest-physical base.
+//!
+//! Chunks need not be contiguous in host memory, which keeps allocation easy when RAM is fragmented, and 2 MiB
+//! chunks let the G-stage tables use megapages. Every guest-supplied address is checked here before Keel touches
+//! the memory behind it.
+
+use alloc::vec::Vec;
+
+use crate::memory;
+
+/// Size of one chunk of guest RAM.
+pub const CHUNK: u64 = 2 * 1024 * 1024;
+const PAGES_PER_CHUNK: usize = (CHUNK as usize) / memory::PAGE_SIZE;
+
+/// The RAM of one capsule.
+pub struct GuestMemory {
+    base: u64,
+    chunks: Vec<usize>,
+}
+
+impl GuestMemory {
+    /// Allocates `size` bytes (a multiple of 2 MiB) of zeroed RAM to appear at guest-physical `base`.
+    pub fn allocate(base: u64, size: u64) -> Option<Self> {
+        if size == 0 || size % CHUNK != 0 {
+            return None;
+        }
+        let count = (size / CHUNK) as usize;
+        let mut memory = GuestMemory { base, chunks: Vec::with_capacity(count) };
+        for _ in 0..count {
+            match memory::alloc_pages(PAGES_PER_CHUNK) {
+                Some(chunk) => memory.chunks.push(chunk),
+                // Dropping `memory` returns what was already allocated.
+                None => return None,
+            }
+        }
+        Some(memory)
+    }
+
+    /// Guest-physical base.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.chunks.len() as u64 * CHUNK
+    }
+
+    /// The host-physical chunks in guest order, for mapping.
+    pub fn chunks(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.chunks.iter().enumerate().map(move |(i, &hpa)| (self.base + i as u64 * CHUNK, hpa))
+    }
+
+    /// Whether `[gpa, gpa + len)` lies entirely inside this RAM.
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        match (gpa.checked_sub(self.base), gpa.checked_add(len)) {
+            (Some(offset), Some(_)) => offset.checked_add(len).is_some_and(|end| end <= self.size()),
+            _ => false,
+        }
+    }
+
+    /// Visits the host memory behind `[gpa, gpa + len)` piece by piece, or fails if any of it is outside this RAM.
+    fn for_each_piece(&self, gpa: u64, len: usize, mut visit: impl FnMut(*mut u8, usize, usize)) -> Result<(), ()> {
+        if !self.contains(gpa, len as u64) {
+            return Err(());
+        }
+        let mut done = 0usize;
+        while done < len {
+            let offset = gpa - self.base + done as u64;
+            let chunk = (offset / CHUNK) as usize;
+            let within = (offset % CHUNK) as usize;
+            let piece = (CHUNK as usize - within).min(len - done);
+            visit((self.chunks[chunk] + within) as *mut u8, done, piece);
+            done += piece;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into guest RAM at `gpa`.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), ()> {
+        self.for_each_piece(gpa, data.len(), |host, done, piece| {
+            // SAFETY: `host..host + piece` lies inside one chunk this capsule owns, and `data` is ordinary memory
+            // that cannot overlap guest RAM handed out by the page allocator.
+            unsafe { core::ptr::copy_nonoverlapping(data.as_ptr().add(done), host, piece) };
+        })
+    }
+
+    /// Copies guest RAM at `gpa` into `out`.
+    pub fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), ()> {
+        let len = out.len();
+        let out_ptr = out.as_mut_ptr();
+        self.for_each_piece(gpa, len, |host, done, piece| {
+            // SAFETY: as in `write`, in the other direction.
+            unsafe { core::ptr::copy_nonoverlapping(host, out_ptr.add(done), piece) };
+        })
+    }
+
+    /// Zeroes all of this RAM.
+    pub fn scrub(&self) {
+        for &chunk in &self.chunks {
+            // SAFETY: the chunk belongs to this capsule alone.
+            unsafe { core::ptr::write_bytes(chunk as *mut u8, 0, CHUNK as usize) };
+        }
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        for &chunk in &self.chunks {
+            memory::free_pages(chunk, PAGES_PER_CHUNK);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Physical harts: identity, bring-up of the secondaries, and the messages harts send each other.
+
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::{arch, firmware, memory};
+
+/// The most harts Keel drives; hart ids at or above this are left stopped (and logged).
+pub const MAX_HARTS: usize = 64;
+/// Stack size of each secondary hart.
+const STACK_SIZE: usize = 64 * 1024;
+
+/// Harts that have entered Keel.
+static ONLINE: [AtomicBool; MAX_HARTS] = [const { AtomicBool::new(false) }; MAX_HARTS];
+/// How many harts are online.
+static ONLINE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// This hart's id. Keel keeps it in `tp` from the first instruction on.
+#[inline(always)]
+pub fn id() -> usize {
+    let hartid: usize;
+    // SAFETY: reading a general register has no side effects; `tp` is set at entry and never changed by Rust code.
+    unsafe { core::arch::asm!("mv {0}, tp", out(reg) hartid, options(nomem, nostack, preserves_flags)) };
+    hartid
+}
+
+/// Records that this hart runs Keel.
+pub fn mark_online() {
+    let hartid = id();
+    if hartid < MAX_HARTS && !ONLINE[hartid].swap(true, Ordering::AcqRel) {
+        ONLINE_COUNT.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Number of harts running Keel.
+pub fn online_count() -> usize {
+    ONLINE_COUNT.load(Ordering::Acquire)
+}
+
+/// Starts every other enabled hart of the platform through SBI HSM, each on a stack of its own.
+pub fn start_secondaries(hartids: impl Iterator<Item = usize>) {
+    unsafe extern "C" {
+        fn keel_secondary_start();
+    }
+    let me = id();
+    for hartid in hartids.filter(|&h| h != me) {
+        if hartid >= MAX_HARTS {
+            log::warn!("hart {hartid} is beyond the {MAX_HARTS} Keel supports; leaving it stopped");
+            continue;
+        }
+        let Some(stack) = memory::alloc_pages(STACK_SIZE / memory::PAGE_SIZE) else {
+            log::error!("no memory for hart {hartid}'s stack; leaving it stopped");
+            continue;
+        };
+        let top = stack + STACK_SIZE;
+        if let Err(error) = firmware::hart_start(hartid, keel_secondary_start as usize, top) {
+            log::warn!("firmware could not start hart {hartid}: SBI error {}", error.0);
+        }
+    }
+}
+
+/// Waits until `count` harts are online or about a second of spinning has passed.
+pub fn wait_online(count: usize) {
+    for _ in 0..50_000_000u64 {
+        if online_count() >= count {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    log::warn!("only {} of {count} harts came online", online_count());
+}
+
+/// Kicks hart `hartid` out of WFI or out of its guest so it looks at its mailbox.
+pub fn kick(hartid: usize) {
+    if hartid == id() {
+        return;
+    }
+    if let Err(error) = firmware::send_ipi(1, hartid) {
+        log::warn!("IPI to hart {hartid} failed: SBI error {}", error.0);
+    }
+}
+
+/// Idles this hart until another one kicks it.
+pub fn idle() {
+    arch::csr::sie::set(arch::csr::bits::IRQ_S_SOFT);
+    arch::wait_for_interrupt();
+    arch::csr::sip::clear(arch::csr::bits::IRQ_S_SOFT);
+}

@@ -1,0 +1,86 @@
+//! What Keel learned about the machine at boot, and the guest-visible platform it derives from it.
+
+use alloc::{format, string::String, vec::Vec};
+
+use keel_devicetree::{GuestPlic, GuestTreeConfig, GuestUart, HostPlatform, Region};
+
+use crate::capsule::{self, Capsule};
+
+/// Extensions a guest may be told about: ones that need no hypervisor help, plus `sstc` when Keel can hand the
+/// guest its own timer compare register.
+const GUEST_SAFE_EXTENSIONS: &[&str] = &[
+    "i", "m", "a", "f", "d", "c", "zicsr", "zifencei", "zihintpause", "zicntr", "zba", "zbb", "zbc", "zbs", "zicond",
+];
+
+/// The machine as Keel drives it.
+pub struct Platform {
+    pub host: HostPlatform,
+    /// Harts running Keel, boot hart first.
+    pub online_harts: Vec<usize>,
+    /// Guests can use Sstc (`henvcfg.STCE` sticks).
+    pub sstc: bool,
+    /// The guest's ISA: the host's, minus what Keel does not virtualise.
+    pub guest_isa_extensions: Vec<String>,
+    pub guest_mmu_type: String,
+    /// Width of `hgatp.VMID` in bits.
+    pub vmid_bits: u32,
+}
+
+impl Platform {
+    /// Works out the guest ISA from the boot hart's.
+    pub fn guest_isa(host: &HostPlatform, boot_hart: usize, sstc: bool) -> Vec<String> {
+        let hart = host.harts.iter().find(|h| h.hartid as usize == boot_hart).or(host.harts.first());
+        let mut extensions: Vec<String> = Vec::new();
+        if let Some(hart) = hart {
+            for ext in GUEST_SAFE_EXTENSIONS {
+                if hart.isa_extensions.iter().any(|e| e == ext) {
+                    extensions.push(String::from(*ext));
+                }
+            }
+        }
+        if sstc {
+            extensions.push(String::from("sstc"));
+        }
+        extensions
+    }
+
+    /// The `riscv,isa` string for the guest, e.g. `rv64imafdc_zicsr_zifencei_sstc`.
+    pub fn guest_isa_string(&self) -> String {
+        let mut isa = String::from("rv64");
+        for ext in self.guest_isa_extensions.iter().filter(|e| e.len() == 1) {
+            isa.push_str(ext);
+        }
+        for ext in self.guest_isa_extensions.iter().filter(|e| e.len() > 1) {
+            isa.push('_');
+            isa.push_str(ext);
+        }
+        isa
+    }
+}
+
+/// Builds the device tree a capsule sees.
+pub fn guest_tree(platform: &Platform, capsule: &Capsule, initrd: Option<(u64, u64)>) -> Result<Vec<u8>, String> {
+    let isa = platform.guest_isa_string();
+    let extensions: Vec<&str> = platform.guest_isa_extensions.iter().map(String::as_str).collect();
+    let config = GuestTreeConfig {
+        model: "Keel capsule",
+        memory: Region { base: capsule.memory.base(), size: capsule.memory.size() },
+        vcpus: capsule.vcpus.len() as u32,
+        isa: &isa,
+        isa_base: "rv64i",
+        isa_extensions: &extensions,
+        mmu_type: &platform.guest_mmu_type,
+        timebase_frequency: platform.host.timebase_frequency as u32,
+        bootargs: capsule.definition.cmdline,
+        initrd,
+        uart: GuestUart {
+            base: capsule::UART_BASE,
+            size: capsule::UART_SIZE,
+            irq: capsule::UART_IRQ,
+            clock_frequency: capsule::UART_CLOCK,
+        },
+        plic: GuestPlic { base: capsule::PLIC_BASE, size: capsule::PLIC_SIZE, ndev: capsule::PLIC_SOURCES - 1 },
+        virtio_mmio: &[],
+    };
+    keel_devicetree::build_guest_tree(&config).map_err(|error| format!("{error}"))
+}

@@ -1,0 +1,614 @@
+//! Running vCPUs: each hart's loop, and what Keel does on every kind of guest exit.
+//!
+//! A trap flows like this: the guest traps → `keel_guest_exit` saves it into the vCPU's [`Context`] and returns
+//! from `run_guest` → [`handle_exit`] decides (SBI call, MMIO emulation, injected fault, interrupt) → the loop
+//! applies pending cross-hart requests and enters the guest again.
+
+use alloc::{boxed::Box, sync::Arc, vec::Vec};
+use core::sync::atomic::Ordering;
+
+use keel_insn::{Access, MmioInsn};
+use keel_sbi::{Call, Environment, FenceRange, HartSet, HartState, MachineIds, Outcome, ResetKind, SbiError};
+use spin::Mutex;
+
+use crate::arch::{self, cause, csr, csr::bits};
+use crate::capsule::{self, Capsule, RunState, Vcpu, CAPSULES};
+use crate::hart::{self, MAX_HARTS};
+use crate::{console, firmware, hostirq, PLATFORM};
+
+/// The vCPU each hart runs (vCPUs are pinned to harts).
+static ASSIGNED: [Mutex<Option<Box<Vcpu>>>; MAX_HARTS] = [const { Mutex::new(None) }; MAX_HARTS];
+
+/// Gives `capsule`'s vCPUs to their harts.
+pub fn assign(capsule: &Arc<Capsule>) {
+    for (index, shared) in capsule.vcpus.iter().enumerate() {
+        let hartid = shared.hart.load(Ordering::Acquire);
+        *ASSIGNED[hartid].lock() = Some(Vcpu::new(capsule.clone(), index));
+    }
+}
+
+/// Sets up the hypervisor CSRs that are the same for every guest on this hart.
+pub fn init_hart() {
+    csr::hedeleg::write(arch::GUEST_DELEGATED_EXCEPTIONS);
+    csr::hideleg::write(arch::GUEST_DELEGATED_INTERRUPTS);
+    csr::hcounteren::write(bits::COUNTEREN_CY_TM_IR);
+    csr::htimedelta::write(0);
+    csr::hvip::write(0);
+    let sstc = PLATFORM.get().is_some_and(|p| p.sstc);
+    csr::henvcfg::write(if sstc { bits::HENVCFG_STCE } else { 0 });
+    // Interrupts that reach Keel while a guest runs: IPIs from other harts, and the host timer and UART.
+    csr::sie::write(bits::IRQ_S_SOFT | bits::IRQ_S_EXT | bits::IRQ_S_TIMER);
+    arch::hfence_gvma_all();
+}
+
+/// Each hart's loop: run the assigned vCPU while it is started, sleep otherwise.
+pub fn hart_loop() -> ! {
+    let hartid = hart::id();
+    loop {
+        let vcpu = ASSIGNED[hartid].lock().take();
+        match vcpu {
+            Some(mut vcpu) => {
+                let keep = run_while_started(&mut vcpu);
+                if keep {
+                    let mut slot = ASSIGNED[hartid].lock();
+                    if slot.is_none() {
+                        *slot = Some(vcpu);
+                    }
+                }
+                if !keep || ASSIGNED[hartid].lock().as_ref().is_some_and(|v| v.shared().state() == RunState::Stopped) {
+                    hart::idle();
+                }
+            }
+            None => hart::idle(),
+        }
+    }
+}
+
+/// What the exit handler wants the run loop to do next.
+enum Next {
+    Resume,
+    /// The vCPU stopped (HSM stop); its hart goes idle until it is started again.
+    Stop,
+    /// The capsule shut down or rebooted.
+    Reset(ResetKind),
+    /// The capsule did something Keel will not allow; it is stopped.
+    Kill,
+}
+
+/// Runs `vcpu` for as long as it is started. Returns whether the vCPU should stay assigned.
+fn run_while_started(vcpu: &mut Vcpu) -> bool {
+    let capsule = vcpu.capsule.clone();
+    if capsule.stopped.load(Ordering::Acquire) {
+        return false;
+    }
+    let shared = &capsule.vcpus[vcpu.index];
+    match shared.state() {
+        RunState::Stopped => return true,
+        RunState::StartPending => {
+            vcpu.reset_to(shared.start_pc.load(Ordering::Acquire), shared.start_opaque.load(Ordering::Acquire));
+            shared.set_state(RunState::Started);
+        }
+        RunState::Started => {}
+    }
+    let sstc = PLATFORM.get().is_some_and(|p| p.sstc);
+    csr::hgatp::write(capsule.hgatp);
+    arch::hfence_gvma_all();
+    vcpu.vs.load(sstc);
+    vcpu.fp.restore();
+    arch::hfence_vvma_all();
+
+    loop {
+        apply_requests(vcpu);
+        crate::vcpu::run_guest(&mut vcpu.context);
+        let next = handle_exit(vcpu);
+        match next {
+            Next::Resume => {}
+            Next::Stop => {
+                vcpu.vs.save(sstc);
+                shared.set_state(RunState::Stopped);
+                return true;
+            }
+            Next::Reset(kind) => {
+                reset_capsule(&capsule, kind);
+                return !capsule.stopped.load(Ordering::Acquire);
+            }
+            Next::Kill => {
+                log::error!("capsule {} '{}' stopped", capsule.id, capsule.name);
+                stop_capsule(&capsule);
+                return false;
+            }
+        }
+        if capsule.generation.load(Ordering::Acquire) != vcpu.generation || capsule.stopped.load(Ordering::Acquire) {
+            return !capsule.stopped.load(Ordering::Acquire);
+        }
+    }
+}
+
+/// Applies what other harts (or devices) asked of this vCPU since it last ran.
+fn apply_requests(vcpu: &mut Vcpu) {
+    let shared = vcpu.shared();
+    if shared.ipi.swap(false, Ordering::AcqRel) {
+        csr::hvip::set(bits::IRQ_VS_SOFT);
+    }
+    if shared.fence_i.swap(false, Ordering::AcqRel) {
+        arch::fence_i();
+    }
+    if shared.flush_vvma.swap(false, Ordering::AcqRel) {
+        arch::hfence_vvma_all();
+    }
+    if shared.irq_changed.swap(false, Ordering::AcqRel) {
+        update_external_interrupt(vcpu);
+    }
+}
+
+/// Sets or clears VSEIP from the virtual PLIC's view of this vCPU's context.
+fn update_external_interrupt(vcpu: &Vcpu) {
+    let pending = vcpu.capsule.devices.lock().plic.context_pending(vcpu.index);
+    if pending {
+        csr::hvip::set(bits::IRQ_VS_EXT);
+    } else {
+        csr::hvip::clear(bits::IRQ_VS_EXT);
+    }
+}
+
+/// Decides what a guest exit means and carries it out.
+fn handle_exit(vcpu: &mut Vcpu) -> Next {
+    let exit = vcpu.context.exit;
+    if exit.scause & cause::INTERRUPT != 0 {
+        return handle_interrupt(vcpu, exit.scause & !cause::INTERRUPT);
+    }
+    match exit.scause {
+        cause::VIRTUAL_SUPERVISOR_ECALL => {
+            vcpu.exits.sbi += 1;
+            handle_sbi(vcpu)
+        }
+        cause::LOAD_GUEST_PAGE_FAULT | cause::STORE_GUEST_PAGE_FAULT => {
+            vcpu.exits.mmio += 1;
+            handle_guest_page_fault(vcpu)
+        }
+        cause::INSTRUCTION_GUEST_PAGE_FAULT => {
+            let gpa = (exit.htval << 2) | (exit.stval & 3);
+            log::warn!(
+                "capsule '{}' vCPU {} fetched from {gpa:#x}, outside its memory; injecting an access fault",
+                vcpu.capsule.name,
+                vcpu.index
+            );
+            inject_exception(vcpu, cause::INSTRUCTION_ACCESS_FAULT, exit.stval);
+            Next::Resume
+        }
+        cause::VIRTUAL_INSTRUCTION => {
+            vcpu.exits.virtual_instruction += 1;
+            // Nothing is emulated this way: the guest executed an instruction its privilege does not allow.
+            inject_exception(vcpu, cause::ILLEGAL_INSTRUCTION, exit.stval);
+            Next::Resume
+        }
+        other => {
+            vcpu.exits.other += 1;
+            log::error!(
+                "capsule '{}' vCPU {}: unexpected trap cause {other} at pc {:#x} (stval {:#x})",
+                vcpu.capsule.name,
+                vcpu.index,
+                vcpu.context.guest.sepc,
+                exit.stval
+            );
+            Next::Kill
+        }
+    }
+}
+
+fn handle_interrupt(vcpu: &mut Vcpu, code: u64) -> Next {
+    match code {
+        cause::IRQ_S_SOFT => {
+            vcpu.exits.host_software += 1;
+            csr::sip::clear(bits::IRQ_S_SOFT);
+        }
+        cause::IRQ_S_EXT => {
+            vcpu.exits.host_external += 1;
+            service_host_external();
+        }
+        cause::IRQ_S_TIMER => {
+            vcpu.exits.host_timer += 1;
+            // Without Sstc the guest's timer is Keel's: forward it as VSTIP and disarm.
+            csr::hvip::set(bits::IRQ_VS_TIMER);
+            firmware::set_timer(u64::MAX);
+        }
+        _ => vcpu.exits.other += 1,
+    }
+    Next::Resume
+}
+
+/// Drains the host UART into the focused capsule.
+pub fn service_host_external() {
+    loop {
+        let source = hostirq::claim();
+        if source == 0 {
+            break;
+        }
+        let mut received = false;
+        let target = capsule::focused();
+        while let Some(byte) = console::get_byte() {
+            received = true;
+            if let Some(target) = &target {
+                let mut devices = target.devices.lock();
+                if devices.input.len() < 4096 {
+                    devices.input.push_back(byte);
+                }
+            }
+        }
+        if let (true, Some(target)) = (received, &target) {
+            target.devices.lock().pump_input();
+            target.notify_irq_change();
+        }
+        hostirq::complete(source);
+    }
+}
+
+/// Makes the guest take exception `code` as if the hardware had raised it in VS-mode.
+fn inject_exception(vcpu: &mut Vcpu, code: u64, tval: u64) {
+    vcpu.exits.injected_faults += 1;
+    let guest = &mut vcpu.context.guest;
+    let from_supervisor = guest.sstatus & bits::SSTATUS_SPP != 0;
+    csr::vsepc::write(guest.sepc);
+    csr::vscause::write(code);
+    csr::vstval::write(tval);
+    let mut vsstatus = csr::vsstatus::read();
+    // SPIE <- SIE, SIE <- 0, SPP <- the guest's privilege at the trap.
+    let sie = vsstatus & bits::SSTATUS_SIE != 0;
+    vsstatus &= !(bits::SSTATUS_SPIE | bits::SSTATUS_SIE | bits::SSTATUS_SPP);
+    if sie {
+        vsstatus |= bits::SSTATUS_SPIE;
+    }
+    if from_supervisor {
+        vsstatus |= bits::SSTATUS_SPP;
+    }
+    csr::vsstatus::write(vsstatus);
+    guest.sepc = csr::vstvec::read() & !3;
+    // The guest's handler runs in VS-mode.
+    guest.sstatus |= bits::SSTATUS_SPP;
+}
+
+/// Reads the instruction at the guest's pc through its own translation (HLVX), for MMIO decoding when `htinst`
+/// does not give it.
+fn fetch_guest_instruction(pc: u64) -> Result<u32, u64> {
+    let low = arch::guest_fetch_u16(pc)? as u32;
+    if low & 3 != 3 {
+        return Ok(low);
+    }
+    let high = arch::guest_fetch_u16(pc.wrapping_add(2))? as u32;
+    Ok(low | high << 16)
+}
+
+fn handle_guest_page_fault(vcpu: &mut Vcpu) -> Next {
+    let exit = vcpu.context.exit;
+    let gpa = (exit.htval << 2) | (exit.stval & 3);
+    let is_store = exit.scause == cause::STORE_GUEST_PAGE_FAULT;
+    let access_fault = if is_store { cause::STORE_ACCESS_FAULT } else { cause::LOAD_ACCESS_FAULT };
+
+    let decoded = match keel_insn::decode_htinst(exit.htinst) {
+        Ok(Some(insn)) => Ok(insn),
+        Ok(None) => match fetch_guest_instruction(vcpu.context.guest.sepc) {
+            Ok(raw) => keel_insn::decode(raw),
+            Err(fault) => {
+                log::warn!(
+                    "capsule '{}': could not read the instruction at {:#x} (cause {fault}); retrying",
+                    vcpu.capsule.name,
+                    vcpu.context.guest.sepc
+                );
+                return Next::Resume;
+            }
+        },
+        Err(error) => Err(error),
+    };
+    let insn: MmioInsn = match decoded {
+        Ok(insn) => insn,
+        Err(error) => {
+            log::warn!(
+                "capsule '{}' vCPU {}: access to {gpa:#x} at pc {:#x} cannot be emulated ({error}); injecting an access fault",
+                vcpu.capsule.name,
+                vcpu.index,
+                vcpu.context.guest.sepc
+            );
+            inject_exception(vcpu, access_fault, exit.stval);
+            return Next::Resume;
+        }
+    };
+
+    let result = match insn.access {
+        Access::Load { rd, signed } => mmio_read(vcpu, gpa, insn.width).map(|raw| {
+            if rd != 0 {
+                vcpu.context.guest.x[rd as usize] = keel_insn::load_value(raw, insn.width, signed);
+            }
+        }),
+        Access::Store { rs2 } => {
+            let value = if rs2 == 0 { 0 } else { vcpu.context.guest.x[rs2 as usize] };
+            mmio_write(vcpu, gpa, insn.width, keel_insn::store_value(value, insn.width))
+        }
+    };
+    match result {
+        Ok(()) => {
+            vcpu.context.guest.sepc += insn.len as u64;
+            Next::Resume
+        }
+        Err(()) => {
+            log::warn!(
+                "capsule '{}' vCPU {}: {} of {} bytes at {gpa:#x} (pc {:#x}) is outside its memory and devices; injecting an access fault",
+                vcpu.capsule.name,
+                vcpu.index,
+                if is_store { "store" } else { "load" },
+                insn.width,
+                vcpu.context.guest.sepc
+            );
+            inject_exception(vcpu, access_fault, exit.stval);
+            Next::Resume
+        }
+    }
+}
+
+fn in_window(gpa: u64, base: u64, size: u64, width: u8) -> Option<u64> {
+    let offset = gpa.checked_sub(base)?;
+    (offset.checked_add(width as u64)? <= size).then_some(offset)
+}
+
+fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
+    let capsule = vcpu.capsule.clone();
+    if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
+        let mut devices = capsule.devices.lock();
+        let value = devices.uart.read(offset);
+        devices.pump_input();
+        drop(devices);
+        update_external_interrupt(vcpu);
+        return Ok(value as u64);
+    }
+    if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
+        let value = capsule.devices.lock().plic.read(offset, width).map_err(|_| ())?;
+        capsule.notify_irq_change();
+        return Ok(value as u64);
+    }
+    Err(())
+}
+
+fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()> {
+    let capsule = vcpu.capsule.clone();
+    if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
+        let mut devices = capsule.devices.lock();
+        devices.uart.write(offset, value as u8, &mut |byte| console::write_bytes(&[byte]));
+        devices.sync_irqs();
+        drop(devices);
+        update_external_interrupt(vcpu);
+        return Ok(());
+    }
+    if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
+        capsule.devices.lock().plic.write(offset, width, value as u32).map_err(|_| ())?;
+        capsule.notify_irq_change();
+        return Ok(());
+    }
+    Err(())
+}
+
+/// The SBI environment of the vCPU that made the call.
+struct SbiEnvironment<'a> {
+    vcpu: &'a mut Vcpu,
+}
+
+impl SbiEnvironment<'_> {
+    fn capsule(&self) -> &Capsule {
+        &self.vcpu.capsule
+    }
+
+    /// Marks a request on each target vCPU and kicks their harts; the calling vCPU applies its own at once.
+    fn request(&mut self, targets: HartSet, flag: impl Fn(&capsule::VcpuShared) -> &core::sync::atomic::AtomicBool) {
+        let me = self.vcpu.index;
+        for target in targets.iter() {
+            if let Some(shared) = self.vcpu.capsule.vcpus.get(target) {
+                flag(shared).store(true, Ordering::Release);
+                if target != me {
+                    hart::kick(shared.hart.load(Ordering::Acquire));
+                }
+            }
+        }
+    }
+}
+
+impl Environment for SbiEnvironment<'_> {
+    fn vcpu_count(&self) -> usize {
+        self.capsule().vcpus.len()
+    }
+
+    fn current_vcpu(&self) -> usize {
+        self.vcpu.index
+    }
+
+    fn machine_ids(&self) -> MachineIds {
+        let (mvendorid, marchid, mimpid) = crate::MACHINE_IDS.get().copied().unwrap_or((0, 0, 0));
+        MachineIds { mvendorid, marchid, mimpid }
+    }
+
+    fn set_timer(&mut self, stime_value: u64) {
+        if PLATFORM.get().is_some_and(|p| p.sstc) {
+            csr::vstimecmp::write(stime_value);
+        } else {
+            csr::hvip::clear(bits::IRQ_VS_TIMER);
+            firmware::set_timer(stime_value);
+        }
+    }
+
+    fn send_ipi(&mut self, targets: HartSet) {
+        self.request(targets, |shared| &shared.ipi);
+    }
+
+    fn clear_ipi(&mut self) -> bool {
+        let pending = csr::hvip::read() & bits::IRQ_VS_SOFT != 0;
+        csr::hvip::clear(bits::IRQ_VS_SOFT);
+        pending
+    }
+
+    fn remote_fence_i(&mut self, targets: HartSet) {
+        self.request(targets, |shared| &shared.fence_i);
+    }
+
+    fn remote_sfence_vma(&mut self, targets: HartSet, _range: FenceRange, _asid: Option<usize>) {
+        // Flushing the whole VS-stage of the VMID is always correct, and cheap next to the exit itself.
+        self.request(targets, |shared| &shared.flush_vvma);
+    }
+
+    fn hart_start(&mut self, vcpu: usize, start_addr: usize, opaque: usize) -> Result<(), SbiError> {
+        if !self.capsule().memory.contains(start_addr as u64, 4) {
+            return Err(SbiError::InvalidAddress);
+        }
+        let shared = &self.capsule().vcpus[vcpu];
+        if !shared.request_start(start_addr as u64, opaque as u64) {
+            return Err(SbiError::AlreadyAvailable);
+        }
+        hart::kick(shared.hart.load(Ordering::Acquire));
+        Ok(())
+    }
+
+    fn hart_status(&self, vcpu: usize) -> HartState {
+        match self.capsule().vcpus[vcpu].state() {
+            RunState::Stopped => HartState::Stopped,
+            RunState::StartPending => HartState::StartPending,
+            RunState::Started => HartState::Started,
+        }
+    }
+
+    fn validate_resume_address(&self, resume_addr: usize) -> Result<(), SbiError> {
+        if self.capsule().memory.contains(resume_addr as u64, 4) { Ok(()) } else { Err(SbiError::InvalidAddress) }
+    }
+
+    fn console_write(&mut self, guest_address: u64, len: usize) -> Result<usize, SbiError> {
+        let mut buffer = [0u8; 256];
+        let len = len.min(buffer.len());
+        self.capsule().memory.read(guest_address, &mut buffer[..len]).map_err(|()| SbiError::InvalidParam)?;
+        console::write_bytes(&buffer[..len]);
+        Ok(len)
+    }
+
+    fn console_read(&mut self, guest_address: u64, len: usize) -> Result<usize, SbiError> {
+        if !self.capsule().memory.contains(guest_address, len as u64) {
+            return Err(SbiError::InvalidParam);
+        }
+        let mut buffer = [0u8; 64];
+        let mut count = 0;
+        {
+            let mut devices = self.capsule().devices.lock();
+            while count < len.min(buffer.len()) {
+                match devices.input.pop_front() {
+                    Some(byte) => {
+                        buffer[count] = byte;
+                        count += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.capsule().memory.write(guest_address, &buffer[..count]).map_err(|()| SbiError::InvalidParam)?;
+        Ok(count)
+    }
+
+    fn console_write_byte(&mut self, byte: u8) {
+        console::write_bytes(&[byte]);
+    }
+
+    fn console_getchar(&mut self) -> Option<u8> {
+        self.capsule().devices.lock().input.pop_front()
+    }
+
+    fn read_guest_virtual_usize(&mut self, guest_virtual_address: usize) -> Result<usize, SbiError> {
+        arch::guest_load_u64(guest_virtual_address as u64).map(|v| v as usize).map_err(|_| SbiError::InvalidAddress)
+    }
+}
+
+fn handle_sbi(vcpu: &mut Vcpu) -> Next {
+    let x = &vcpu.context.guest.x;
+    let call = Call::from_registers([x[10], x[11], x[12], x[13], x[14], x[15], x[16], x[17]].map(|r| r as usize));
+    let outcome = keel_sbi::dispatch(&call, &mut SbiEnvironment { vcpu });
+    let guest = &mut vcpu.context.guest;
+    match outcome {
+        Outcome::Return { error, value } => {
+            guest.x[10] = error as u64;
+            guest.x[11] = value as u64;
+            guest.sepc += 4;
+            Next::Resume
+        }
+        Outcome::Legacy(value) => {
+            guest.x[10] = value as u64;
+            guest.sepc += 4;
+            Next::Resume
+        }
+        Outcome::Reset { kind, reason } => {
+            log::info!("capsule '{}' asked for {:?} ({:?})", vcpu.capsule.name, kind, reason);
+            Next::Reset(kind)
+        }
+        Outcome::HartStop => Next::Stop,
+        Outcome::Suspend(_) => {
+            // Suspend is entered by returning success: the retentive default suspend resumes after the ecall, and
+            // waiting for the interrupt happens in the guest's own WFI. Non-retentive suspend is not offered.
+            guest.x[10] = 0;
+            guest.x[11] = 0;
+            guest.sepc += 4;
+            Next::Resume
+        }
+    }
+}
+
+/// Shuts down or reboots a capsule. Shutting down the boot capsule powers the machine off.
+fn reset_capsule(capsule: &Arc<Capsule>, kind: ResetKind) {
+    match kind {
+        ResetKind::Shutdown => {
+            if capsule.definition.boot {
+                log::info!("boot capsule '{}' shut down: powering off", capsule.name);
+                let error = firmware::system_reset(false);
+                log::error!("the firmware could not power off (SBI error {})", error.0);
+            }
+            stop_capsule(capsule);
+        }
+        _ => {
+            log::info!("capsule '{}' reboots", capsule.name);
+            capsule.generation.fetch_add(1, Ordering::AcqRel);
+            for vcpu in &capsule.vcpus {
+                vcpu.set_state(RunState::Stopped);
+            }
+            capsule.memory.scrub();
+            {
+                let mut devices = capsule.devices.lock();
+                devices.uart.reset();
+                devices.plic.reset();
+            }
+            let platform = PLATFORM.get().expect("platform known after boot");
+            match capsule.load(platform) {
+                Ok(()) => {
+                    reassign_all(capsule);
+                    capsule.start();
+                }
+                Err(error) => {
+                    log::error!("capsule '{}' could not be reloaded: {error}", capsule.name);
+                    stop_capsule(capsule);
+                }
+            }
+        }
+    }
+}
+
+/// Gives every vCPU of `capsule` fresh state on its hart.
+fn reassign_all(capsule: &Arc<Capsule>) {
+    for (index, shared) in capsule.vcpus.iter().enumerate() {
+        let hartid = shared.hart.load(Ordering::Acquire);
+        *ASSIGNED[hartid].lock() = Some(Vcpu::new(capsule.clone(), index));
+        hart::kick(hartid);
+    }
+}
+
+/// Stops a capsule for good: its vCPUs stop and, once no hart holds it, its memory is scrubbed and freed.
+pub fn stop_capsule(capsule: &Arc<Capsule>) {
+    capsule.stopped.store(true, Ordering::Release);
+    for vcpu in &capsule.vcpus {
+        vcpu.set_state(RunState::Stopped);
+        hart::kick(vcpu.hart.load(Ordering::Acquire));
+    }
+    CAPSULES.lock().retain(|c| !Arc::ptr_eq(c, capsule));
+    let remaining: Vec<_> = CAPSULES.lock().iter().map(|c| c.name.clone()).collect();
+    if remaining.is_empty() {
+        log::info!("no capsules left running: powering off");
+        firmware::system_reset(false);
+    }
+}
