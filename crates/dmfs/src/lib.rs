@@ -1,1 +1,28 @@
-//! placeholder
+//! Keel manifest file-system ("DMFS") images: a versioned, checksummed container of capsule
+//! definitions and their kernel, initrd and command-line payloads.
+//!
+//! The hypervisor embeds one image and reads it in place, so the parser ([`Image::parse`]) is
+//! zero-copy and checks every offset, length and field before handing out a [`Capsule`]; after a
+//! successful parse nothing can fail any more. The writer ([`ImageBuilder`], feature `alloc`)
+//! applies the same rules, so whatever it produces parses. The byte layout is documented in
+//! `FORMAT.md` next to this crate's manifest and mirrored by the constants in [`layout`].
+
+#![cfg_attr(not(test), no_std)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+mod capsule;
+mod crc;
+mod error;
+pub mod layout;
+mod parse;
+#[cfg(feature = "alloc")]
+mod writer;
+
+pub use capsule::{Capsule, CapsuleName, KernelFormat, RestartPolicy};
+pub use crc::{checksum, Crc32};
+pub use error::{CapsuleProblem, Field, FieldProblem, FormatError};
+pub use parse::{Capsules, Image};
+#[cfg(feature = "alloc")]
+pub use writer::{BuildError, CapsuleSpec, ImageBuilder};

@@ -1,0 +1,102 @@
+//! Byte offsets, sizes and limits of format version 1, shared by the parser, the writer and tests.
+//!
+//! All multi-byte integers are little endian. `FORMAT.md` describes the same layout in prose.
+
+/// The eight bytes every image starts with.
+pub const MAGIC: [u8; 8] = *b"KEELDMFS";
+/// The only format version this crate reads and writes.
+pub const FORMAT_VERSION: u16 = 1;
+/// Size of the version 1 header in bytes.
+pub const HEADER_SIZE: usize = 128;
+/// Size of one version 1 capsule record in bytes.
+pub const RECORD_SIZE: usize = 96;
+/// Kernels and initrds start at multiples of this, relative to the start of the image.
+pub const PAYLOAD_ALIGNMENT: u64 = 4096;
+/// The capsule table starts at a multiple of this, so its `u64` fields are naturally aligned.
+pub const TABLE_ALIGNMENT: u64 = 8;
+/// Upper bound on the number of capsules; it keeps validation cost bounded on hostile input.
+pub const MAX_CAPSULES: u32 = 256;
+/// Longest capsule name in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest kernel command line in bytes.
+pub const MAX_CMDLINE_LEN: usize = 4096;
+/// Largest vCPU count a capsule may ask for.
+pub const MAX_VCPUS: u32 = 64;
+/// Guest memory sizes are multiples of this, so RAM can be mapped with 2 MiB G-stage pages.
+pub const MEMORY_GRANULE: u64 = 2 * 1024 * 1024;
+/// `signature_scheme` value meaning "unsigned"; the only one version 1 accepts.
+pub const SIGNATURE_NONE: u32 = 0;
+
+/// Header field offsets.
+pub mod header {
+    /// `[u8; 8]`: [`super::MAGIC`].
+    pub const MAGIC: usize = 0x00;
+    /// `u16`: format version.
+    pub const VERSION: usize = 0x08;
+    /// `u16`: header size in bytes.
+    pub const HEADER_SIZE: usize = 0x0a;
+    /// `u32`: CRC-32 of the image (see [`crate::checksum`]).
+    pub const CHECKSUM: usize = 0x0c;
+    /// `u64`: length of the whole image in bytes.
+    pub const IMAGE_LENGTH: usize = 0x10;
+    /// `u64`: offset of the capsule table.
+    pub const TABLE_OFFSET: usize = 0x18;
+    /// `u32`: number of capsule records.
+    pub const CAPSULE_COUNT: usize = 0x20;
+    /// `u32`: size of one capsule record.
+    pub const RECORD_SIZE: usize = 0x24;
+    /// `u32`: signature scheme, [`super::SIGNATURE_NONE`] in version 1.
+    pub const SIGNATURE_SCHEME: usize = 0x28;
+    /// 20 reserved bytes, zero.
+    pub const RESERVED: usize = 0x2c;
+    /// 64 bytes reserved for a signature over the image, zero while unsigned.
+    pub const SIGNATURE: usize = 0x40;
+    /// Length of the signature area.
+    pub const SIGNATURE_LEN: usize = 64;
+}
+
+/// Capsule record field offsets, relative to the start of the record.
+pub mod record {
+    /// `u64` offset and `u64` length of the name.
+    pub const NAME: usize = 0x00;
+    /// `u64` offset and `u64` length of the kernel.
+    pub const KERNEL: usize = 0x10;
+    /// `u64` offset and `u64` length of the initrd (both zero: no initrd).
+    pub const INITRD: usize = 0x20;
+    /// `u64` offset and `u64` length of the command line (both zero: empty).
+    pub const CMDLINE: usize = 0x30;
+    /// `u64`: guest memory in bytes.
+    pub const MEMORY: usize = 0x40;
+    /// `u32`: vCPU count.
+    pub const VCPUS: usize = 0x48;
+    /// `u32`: flag bits, see [`super::flags`].
+    pub const FLAGS: usize = 0x4c;
+    /// `u8`: restart policy (0 never, 1 on failure, 2 always).
+    pub const RESTART: usize = 0x50;
+    /// 15 reserved bytes, zero.
+    pub const RESERVED: usize = 0x51;
+}
+
+/// Capsule record flag bits.
+pub mod flags {
+    /// Start the capsule when the hypervisor boots.
+    pub const AUTOSTART: u32 = 1 << 0;
+    /// The boot capsule, which is always started; at most one per image.
+    pub const BOOT: u32 = 1 << 1;
+    /// The capsule may use the management interface.
+    pub const MAY_MANAGE: u32 = 1 << 2;
+    /// The kernel is a flat binary rather than a Linux `Image`.
+    pub const FLAT_KERNEL: u32 = 1 << 3;
+    /// Every bit version 1 defines; the others must be zero.
+    pub const ALL: u32 = AUTOSTART | BOOT | MAY_MANAGE | FLAT_KERNEL;
+}
+
+/// Restart policy byte values.
+pub mod restart {
+    /// Never restart.
+    pub const NEVER: u8 = 0;
+    /// Restart when the guest stops with a failure.
+    pub const ON_FAILURE: u8 = 1;
+    /// Restart whenever the guest stops.
+    pub const ALWAYS: u8 = 2;
+}

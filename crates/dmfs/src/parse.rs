@@ -1,0 +1,411 @@
+//! Zero-copy parser: validates a whole image up front, then hands out capsules that borrow it.
+
+use core::fmt;
+
+use crate::capsule::{
+    check_cmdline, check_memory, check_name, check_vcpus, Capsule, CapsuleName, KernelFormat,
+    RestartPolicy,
+};
+use crate::crc::checksum;
+use crate::error::{CapsuleProblem, Field, FieldProblem, FormatError};
+use crate::layout::{
+    flags, header, record, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_CAPSULES, PAYLOAD_ALIGNMENT,
+    RECORD_SIZE, SIGNATURE_NONE, TABLE_ALIGNMENT,
+};
+
+/// Reads `W` bytes at a fixed, in-bounds offset of a fixed-size array.
+///
+/// Callers only pass offsets from [`crate::layout`], which lie inside the array, so the fallback
+/// of zeros is never observed; it exists so that no input can make this panic.
+fn bytes_at<const N: usize, const W: usize>(array: &[u8; N], offset: usize) -> [u8; W] {
+    let mut field = [0u8; W];
+    if let Some(source) = offset.checked_add(W).and_then(|end| array.get(offset..end)) {
+        field.copy_from_slice(source);
+    }
+    field
+}
+
+fn u16_at<const N: usize>(array: &[u8; N], offset: usize) -> u16 {
+    u16::from_le_bytes(bytes_at(array, offset))
+}
+
+fn u32_at<const N: usize>(array: &[u8; N], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes_at(array, offset))
+}
+
+fn u64_at<const N: usize>(array: &[u8; N], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes_at(array, offset))
+}
+
+/// `usize` to `u64`; lossless on every supported target (pointers are at most 64 bits).
+fn to_u64(value: usize) -> u64 {
+    value as u64
+}
+
+/// A validated DMFS image borrowed from its bytes.
+#[derive(Clone, Copy)]
+pub struct Image<'a> {
+    /// Exactly the image: trailing bytes of the buffer beyond the declared length are dropped.
+    bytes: &'a [u8],
+    /// The capsule table, `count * RECORD_SIZE` bytes.
+    table: &'a [u8],
+    table_offset: u64,
+    table_end: u64,
+    count: u32,
+    version: u16,
+}
+
+impl<'a> Image<'a> {
+    /// Validates `bytes` as an image and returns a view of it.
+    ///
+    /// `bytes` may be longer than the image (for example rounded up to whole pages); the extra
+    /// bytes are ignored. Every rule in `FORMAT.md` is checked here, so the accessors cannot fail.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
+        // Look at the magic and version before insisting on a full header, so that a short foreign
+        // file is reported as foreign rather than as truncated.
+        if let Some(found) = bytes.get(..MAGIC.len()) {
+            if found != MAGIC {
+                let mut magic = [0u8; 8];
+                magic.copy_from_slice(found);
+                return Err(FormatError::BadMagic { found: magic });
+            }
+        }
+        if let Some(&[low, high]) = bytes.get(header::VERSION..header::VERSION + 2) {
+            let found = u16::from_le_bytes([low, high]);
+            if found != FORMAT_VERSION {
+                return Err(FormatError::UnsupportedVersion { found });
+            }
+        }
+        let head: &[u8; HEADER_SIZE] = bytes
+            .get(..HEADER_SIZE)
+            .and_then(|head| head.try_into().ok())
+            .ok_or(FormatError::Truncated {
+                length: bytes.len(),
+            })?;
+
+        let header_size = u16_at(head, header::HEADER_SIZE);
+        if usize::from(header_size) != HEADER_SIZE {
+            return Err(FormatError::BadHeaderSize { found: header_size });
+        }
+        let record_size = u32_at(head, header::RECORD_SIZE);
+        if usize::try_from(record_size).ok() != Some(RECORD_SIZE) {
+            return Err(FormatError::BadRecordSize { found: record_size });
+        }
+
+        let image_length = u64_at(head, header::IMAGE_LENGTH);
+        if image_length < to_u64(HEADER_SIZE) {
+            return Err(FormatError::ImageLengthTooSmall { image_length });
+        }
+        let truncated = FormatError::ImageTruncated {
+            image_length,
+            available: bytes.len(),
+        };
+        let bytes = usize::try_from(image_length)
+            .ok()
+            .and_then(|length| bytes.get(..length))
+            .ok_or(truncated)?;
+
+        let stored = u32_at(head, header::CHECKSUM);
+        let computed = checksum(bytes);
+        if stored != computed {
+            return Err(FormatError::ChecksumMismatch { stored, computed });
+        }
+
+        let scheme = u32_at(head, header::SIGNATURE_SCHEME);
+        if scheme != SIGNATURE_NONE {
+            return Err(FormatError::UnknownSignatureScheme { scheme });
+        }
+        // Reserved bytes and the unused signature area run contiguously to the end of the header.
+        let reserved = head.get(header::RESERVED..).unwrap_or_default();
+        if let Some(position) = reserved.iter().position(|&byte| byte != 0) {
+            return Err(FormatError::ReservedHeaderByte {
+                offset: header::RESERVED + position,
+            });
+        }
+
+        let count = u32_at(head, header::CAPSULE_COUNT);
+        if count > MAX_CAPSULES {
+            return Err(FormatError::TooManyCapsules { count });
+        }
+        let table_offset = u64_at(head, header::TABLE_OFFSET);
+        if !table_offset.is_multiple_of(TABLE_ALIGNMENT) {
+            return Err(FormatError::TableMisaligned {
+                offset: table_offset,
+            });
+        }
+        if table_offset < to_u64(HEADER_SIZE) {
+            return Err(FormatError::TableOverlapsHeader {
+                offset: table_offset,
+            });
+        }
+        let out_of_range = FormatError::TableOutOfRange {
+            offset: table_offset,
+            count,
+            image_length,
+        };
+        let table_end = u64::from(count)
+            .checked_mul(to_u64(RECORD_SIZE))
+            .and_then(|size| table_offset.checked_add(size))
+            .filter(|&end| end <= image_length)
+            .ok_or(out_of_range)?;
+        let table = usize::try_from(table_offset)
+            .ok()
+            .zip(usize::try_from(table_end).ok())
+            .and_then(|(start, end)| bytes.get(start..end))
+            .ok_or(out_of_range)?;
+
+        let image = Image {
+            bytes,
+            table,
+            table_offset,
+            table_end,
+            count,
+            version: FORMAT_VERSION,
+        };
+        image.check_capsules()?;
+        Ok(image)
+    }
+
+    /// Checks every record, name uniqueness and the single boot capsule.
+    fn check_capsules(&self) -> Result<(), FormatError> {
+        let mut boot: Option<u32> = None;
+        for index in 0..self.count {
+            let capsule = self.decode(index)?;
+            // Earlier names are already validated, so comparing raw bytes is enough; this keeps the
+            // quadratic part cheap even with the maximum number of capsules.
+            for earlier in 0..index {
+                if self.raw_name(earlier) == Some(capsule.name.as_bytes()) {
+                    return Err(FormatError::DuplicateName {
+                        name: CapsuleName::new(capsule.name),
+                        first: earlier,
+                        second: index,
+                    });
+                }
+            }
+            if capsule.boot {
+                if let Some(first) = boot {
+                    return Err(FormatError::MultipleBootCapsules {
+                        first,
+                        second: index,
+                    });
+                }
+                boot = Some(index);
+            }
+        }
+        Ok(())
+    }
+
+    /// The format version of the image.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Length of the image in bytes (the declared length, not that of the buffer given to `parse`).
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "an image always holds at least its header"
+    )]
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The image's bytes, without any trailing padding of the buffer it was parsed from.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Number of capsules in the image.
+    pub fn capsule_count(&self) -> usize {
+        // At most MAX_CAPSULES, so this always fits.
+        self.count as usize
+    }
+
+    /// All capsules, in table order.
+    pub fn capsules(&self) -> Capsules<'a> {
+        Capsules {
+            image: *self,
+            next: 0,
+        }
+    }
+
+    /// The capsule named `name`, if there is one.
+    pub fn capsule(&self, name: &str) -> Option<Capsule<'a>> {
+        self.capsules().find(|capsule| capsule.name == name)
+    }
+
+    /// The capsule marked as the boot capsule, if there is one.
+    pub fn boot_capsule(&self) -> Option<Capsule<'a>> {
+        self.capsules().find(|capsule| capsule.boot)
+    }
+
+    fn record(&self, index: u32) -> Option<&'a [u8; RECORD_SIZE]> {
+        let start = usize::try_from(index).ok()?.checked_mul(RECORD_SIZE)?;
+        let end = start.checked_add(RECORD_SIZE)?;
+        self.table.get(start..end)?.try_into().ok()
+    }
+
+    /// The name bytes of an already validated record.
+    fn raw_name(&self, index: u32) -> Option<&'a [u8]> {
+        let record = self.record(index)?;
+        let offset = usize::try_from(u64_at(record, record::NAME)).ok()?;
+        let length = usize::try_from(u64_at(record, record::NAME + 8)).ok()?;
+        self.bytes.get(offset..offset.checked_add(length)?)
+    }
+
+    /// Finds the bytes of one field, checking that they lie in the data area of the image.
+    fn locate(
+        &self,
+        capsule: u32,
+        field: Field,
+        record: &[u8; RECORD_SIZE],
+        at: usize,
+    ) -> Result<&'a [u8], FormatError> {
+        let offset = u64_at(record, at);
+        let length = u64_at(record, at + 8);
+        let fail = |problem| FormatError::Field {
+            capsule,
+            field,
+            problem,
+        };
+        if length == 0 {
+            return if offset == 0 {
+                Ok(&[])
+            } else {
+                Err(fail(FieldProblem::OffsetWithoutLength { offset }))
+            };
+        }
+        let end = offset
+            .checked_add(length)
+            .ok_or(fail(FieldProblem::Overflows { offset, length }))?;
+        let image_length = to_u64(self.bytes.len());
+        if end > image_length {
+            return Err(fail(FieldProblem::OutOfRange {
+                offset,
+                length,
+                image_length,
+            }));
+        }
+        if offset < to_u64(HEADER_SIZE) {
+            return Err(fail(FieldProblem::OverlapsHeader { offset, length }));
+        }
+        if offset < self.table_end && end > self.table_offset {
+            return Err(fail(FieldProblem::OverlapsTable { offset, length }));
+        }
+        if matches!(field, Field::Kernel | Field::Initrd)
+            && !offset.is_multiple_of(PAYLOAD_ALIGNMENT)
+        {
+            return Err(fail(FieldProblem::Misaligned { offset }));
+        }
+        usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(start, end)| self.bytes.get(start..end))
+            .ok_or(fail(FieldProblem::OutOfRange {
+                offset,
+                length,
+                image_length,
+            }))
+    }
+
+    /// Decodes and validates one record.
+    fn decode(&self, index: u32) -> Result<Capsule<'a>, FormatError> {
+        let record = self.record(index).ok_or(FormatError::TableOutOfRange {
+            offset: self.table_offset,
+            count: self.count,
+            image_length: to_u64(self.bytes.len()),
+        })?;
+        let fail = |problem| FormatError::Capsule {
+            capsule: index,
+            problem,
+        };
+
+        let flag_bits = u32_at(record, record::FLAGS);
+        if flag_bits & !flags::ALL != 0 {
+            return Err(fail(CapsuleProblem::UnknownFlags { flags: flag_bits }));
+        }
+        let restart_byte = record.get(record::RESTART).copied().unwrap_or_default();
+        let restart = RestartPolicy::from_byte(restart_byte).ok_or(fail(
+            CapsuleProblem::UnknownRestartPolicy {
+                value: restart_byte,
+            },
+        ))?;
+        let reserved = record.get(record::RESERVED..).unwrap_or_default();
+        if let Some(position) = reserved.iter().position(|&byte| byte != 0) {
+            return Err(fail(CapsuleProblem::ReservedNotZero {
+                offset: record::RESERVED + position,
+            }));
+        }
+        let vcpus = u32_at(record, record::VCPUS);
+        check_vcpus(vcpus).map_err(fail)?;
+        let memory = u64_at(record, record::MEMORY);
+        check_memory(memory).map_err(fail)?;
+
+        let name =
+            check_name(self.locate(index, Field::Name, record, record::NAME)?).map_err(fail)?;
+        if u64_at(record, record::KERNEL + 8) == 0 {
+            return Err(fail(CapsuleProblem::EmptyKernel));
+        }
+        let kernel = self.locate(index, Field::Kernel, record, record::KERNEL)?;
+        let initrd = self.locate(index, Field::Initrd, record, record::INITRD)?;
+        let initrd = (!initrd.is_empty()).then_some(initrd);
+        let cmdline = check_cmdline(self.locate(index, Field::Cmdline, record, record::CMDLINE)?)
+            .map_err(fail)?;
+
+        Ok(Capsule {
+            name,
+            kernel,
+            initrd,
+            cmdline,
+            memory,
+            vcpus,
+            autostart: flag_bits & flags::AUTOSTART != 0,
+            boot: flag_bits & flags::BOOT != 0,
+            may_manage: flag_bits & flags::MAY_MANAGE != 0,
+            restart,
+            kernel_format: if flag_bits & flags::FLAT_KERNEL != 0 {
+                KernelFormat::Flat
+            } else {
+                KernelFormat::LinuxImage
+            },
+        })
+    }
+}
+
+impl fmt::Debug for Image<'_> {
+    /// Shows the image's shape, not its (possibly very large) contents.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Image")
+            .field("version", &self.version)
+            .field("len", &self.bytes.len())
+            .field("capsule_count", &self.count)
+            .finish()
+    }
+}
+
+/// Iterator over the capsules of an [`Image`], in table order.
+#[derive(Clone, Debug)]
+pub struct Capsules<'a> {
+    image: Image<'a>,
+    next: u32,
+}
+
+impl<'a> Iterator for Capsules<'a> {
+    type Item = Capsule<'a>;
+
+    fn next(&mut self) -> Option<Capsule<'a>> {
+        while self.next < self.image.count {
+            let index = self.next;
+            self.next += 1;
+            // `parse` decoded every record successfully, so this never skips anything.
+            if let Ok(capsule) = self.image.decode(index) {
+                return Some(capsule);
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let remaining = self.image.count.saturating_sub(self.next) as usize;
+        (0, Some(remaining))
+    }
+}
