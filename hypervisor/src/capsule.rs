@@ -110,7 +110,9 @@ pub struct VcpuShared {
     pub fence_i: AtomicBool,
     /// Flush the VS-stage TLB before the next guest instruction.
     pub flush_vvma: AtomicBool,
-    /// Device interrupt state changed: recompute VSEIP.
+    /// The level Keel wants on this vCPU's external interrupt (VSEIP), from its virtual PLIC context.
+    pub external: AtomicBool,
+    /// `external` changed while the vCPU ran elsewhere: apply it before the next entry.
     pub irq_changed: AtomicBool,
     /// The hart this vCPU runs on.
     pub hart: AtomicUsize,
@@ -125,6 +127,7 @@ impl VcpuShared {
             ipi: AtomicBool::new(false),
             fence_i: AtomicBool::new(false),
             flush_vvma: AtomicBool::new(false),
+            external: AtomicBool::new(false),
             irq_changed: AtomicBool::new(false),
             hart: AtomicUsize::new(hart),
         }
@@ -312,21 +315,26 @@ impl Capsule {
     }
 
     /// Delivers console input to this capsule's UART.
-    pub fn console_input(&self, byte: u8) {
+    pub fn console_input(&self, bytes: &[u8]) {
         let mut devices = self.devices.lock();
-        if devices.input.len() < INPUT_LIMIT {
-            devices.input.push_back(byte);
+        for &byte in bytes {
+            if devices.input.len() < INPUT_LIMIT {
+                devices.input.push_back(byte);
+            }
         }
         devices.pump_input();
-        drop(devices);
-        self.notify_irq_change();
+        self.sync_interrupts(&devices, None);
     }
 
-    /// Tells every vCPU that device interrupt lines changed.
-    pub fn notify_irq_change(&self) {
-        for vcpu in &self.vcpus {
-            vcpu.irq_changed.store(true, Ordering::Release);
-            crate::hart::kick(vcpu.hart.load(Ordering::Acquire));
+    /// Recomputes every vCPU's external-interrupt level from the virtual PLIC and tells the vCPUs whose level
+    /// changed (except `caller`, the vCPU on this hart, which applies its own level itself).
+    pub fn sync_interrupts(&self, devices: &Devices, caller: Option<usize>) {
+        for (index, vcpu) in self.vcpus.iter().enumerate() {
+            let level = devices.plic.context_pending(index);
+            if vcpu.external.swap(level, Ordering::AcqRel) != level && Some(index) != caller {
+                vcpu.irq_changed.store(true, Ordering::Release);
+                crate::hart::kick(vcpu.hart.load(Ordering::Acquire));
+            }
         }
     }
 }

@@ -36,6 +36,13 @@ pub fn init_hart() {
     csr::hvip::write(0);
     let sstc = PLATFORM.get().is_some_and(|p| p.sstc);
     csr::henvcfg::write(if sstc { bits::HENVCFG_STCE } else { 0 });
+    // Keel's own timer stays disarmed until it needs one: with Sstc the firmware may have left stimecmp in the
+    // past, which would raise a supervisor timer interrupt at every guest entry.
+    if sstc {
+        csr::stimecmp::write(u64::MAX);
+    } else {
+        firmware::set_timer(u64::MAX);
+    }
     // Interrupts that reach Keel while a guest runs: IPIs from other harts, and the host timer and UART.
     csr::sie::write(bits::IRQ_S_SOFT | bits::IRQ_S_EXT | bits::IRQ_S_TIMER);
     arch::hfence_gvma_all();
@@ -137,14 +144,13 @@ fn apply_requests(vcpu: &mut Vcpu) {
         arch::hfence_vvma_all();
     }
     if shared.irq_changed.swap(false, Ordering::AcqRel) {
-        update_external_interrupt(vcpu);
+        apply_external_interrupt(vcpu);
     }
 }
 
-/// Sets or clears VSEIP from the virtual PLIC's view of this vCPU's context.
-fn update_external_interrupt(vcpu: &Vcpu) {
-    let pending = vcpu.capsule.devices.lock().plic.context_pending(vcpu.index);
-    if pending {
+/// Sets or clears VSEIP to the level the virtual PLIC last asked for this vCPU.
+fn apply_external_interrupt(vcpu: &Vcpu) {
+    if vcpu.shared().external.load(Ordering::Acquire) {
         csr::hvip::set(bits::IRQ_VS_EXT);
     } else {
         csr::hvip::clear(bits::IRQ_VS_EXT);
@@ -208,9 +214,13 @@ fn handle_interrupt(vcpu: &mut Vcpu, code: u64) -> Next {
         }
         cause::IRQ_S_TIMER => {
             vcpu.exits.host_timer += 1;
-            // Without Sstc the guest's timer is Keel's: forward it as VSTIP and disarm.
-            csr::hvip::set(bits::IRQ_VS_TIMER);
-            firmware::set_timer(u64::MAX);
+            if PLATFORM.get().is_some_and(|p| p.sstc) {
+                csr::stimecmp::write(u64::MAX);
+            } else {
+                // Without Sstc the guest's timer is Keel's: forward it as VSTIP and disarm.
+                csr::hvip::set(bits::IRQ_VS_TIMER);
+                firmware::set_timer(u64::MAX);
+            }
         }
         _ => vcpu.exits.other += 1,
     }
@@ -224,20 +234,21 @@ pub fn service_host_external() {
         if source == 0 {
             break;
         }
-        let mut received = false;
-        let target = capsule::focused();
-        while let Some(byte) = console::get_byte() {
-            received = true;
-            if let Some(target) = &target {
-                let mut devices = target.devices.lock();
-                if devices.input.len() < 4096 {
-                    devices.input.push_back(byte);
+        let mut bytes = [0u8; 64];
+        let mut count = 0;
+        while count < bytes.len() {
+            match console::get_byte() {
+                Some(byte) => {
+                    bytes[count] = byte;
+                    count += 1;
                 }
+                None => break,
             }
         }
-        if let (true, Some(target)) = (received, &target) {
-            target.devices.lock().pump_input();
-            target.notify_irq_change();
+        if count > 0 {
+            if let Some(target) = capsule::focused() {
+                target.console_input(&bytes[..count]);
+            }
         }
         hostirq::complete(source);
     }
@@ -351,38 +362,37 @@ fn in_window(gpa: u64, base: u64, size: u64, width: u8) -> Option<u64> {
 
 fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
     let capsule = vcpu.capsule.clone();
-    if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
-        let mut devices = capsule.devices.lock();
+    let mut devices = capsule.devices.lock();
+    let value = if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
         let value = devices.uart.read(offset);
         devices.pump_input();
-        drop(devices);
-        update_external_interrupt(vcpu);
-        return Ok(value as u64);
-    }
-    if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
-        let value = capsule.devices.lock().plic.read(offset, width).map_err(|_| ())?;
-        capsule.notify_irq_change();
-        return Ok(value as u64);
-    }
-    Err(())
+        value as u64
+    } else if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
+        devices.plic.read(offset, width).map_err(|_| ())? as u64
+    } else {
+        return Err(());
+    };
+    capsule.sync_interrupts(&devices, Some(vcpu.index));
+    drop(devices);
+    apply_external_interrupt(vcpu);
+    Ok(value)
 }
 
 fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()> {
     let capsule = vcpu.capsule.clone();
+    let mut devices = capsule.devices.lock();
     if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
-        let mut devices = capsule.devices.lock();
         devices.uart.write(offset, value as u8, &mut |byte| console::write_bytes(&[byte]));
         devices.sync_irqs();
-        drop(devices);
-        update_external_interrupt(vcpu);
-        return Ok(());
+    } else if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
+        devices.plic.write(offset, width, value as u32).map_err(|_| ())?;
+    } else {
+        return Err(());
     }
-    if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
-        capsule.devices.lock().plic.write(offset, width, value as u32).map_err(|_| ())?;
-        capsule.notify_irq_change();
-        return Ok(());
-    }
-    Err(())
+    capsule.sync_interrupts(&devices, Some(vcpu.index));
+    drop(devices);
+    apply_external_interrupt(vcpu);
+    Ok(())
 }
 
 /// The SBI environment of the vCPU that made the call.
@@ -395,7 +405,8 @@ impl SbiEnvironment<'_> {
         &self.vcpu.capsule
     }
 
-    /// Marks a request on each target vCPU and kicks their harts; the calling vCPU applies its own at once.
+    /// Marks a request on each target vCPU and kicks their harts; the calling vCPU applies its own before it
+    /// re-enters the guest.
     fn request(&mut self, targets: HartSet, flag: impl Fn(&capsule::VcpuShared) -> &core::sync::atomic::AtomicBool) {
         let me = self.vcpu.index;
         for target in targets.iter() {
@@ -404,6 +415,29 @@ impl SbiEnvironment<'_> {
                 if target != me {
                     hart::kick(shared.hart.load(Ordering::Acquire));
                 }
+            }
+        }
+    }
+
+    /// Like `request`, but returns only once every started target has taken the request, so that a remote fence
+    /// has happened before the guest's call returns. While waiting, this vCPU serves requests aimed at it, so two
+    /// vCPUs fencing each other cannot deadlock.
+    fn request_and_wait(
+        &mut self,
+        targets: HartSet,
+        flag: impl Fn(&capsule::VcpuShared) -> &core::sync::atomic::AtomicBool + Copy,
+    ) {
+        self.request(targets, flag);
+        let me = self.vcpu.index;
+        let capsule = self.vcpu.capsule.clone();
+        for target in targets.iter().filter(|&t| t != me) {
+            let Some(shared) = capsule.vcpus.get(target) else { continue };
+            while flag(shared).load(Ordering::Acquire)
+                && shared.state() == RunState::Started
+                && !capsule.stopped.load(Ordering::Acquire)
+            {
+                apply_requests(self.vcpu);
+                core::hint::spin_loop();
             }
         }
     }
@@ -443,12 +477,12 @@ impl Environment for SbiEnvironment<'_> {
     }
 
     fn remote_fence_i(&mut self, targets: HartSet) {
-        self.request(targets, |shared| &shared.fence_i);
+        self.request_and_wait(targets, |shared| &shared.fence_i);
     }
 
     fn remote_sfence_vma(&mut self, targets: HartSet, _range: FenceRange, _asid: Option<usize>) {
         // Flushing the whole VS-stage of the VMID is always correct, and cheap next to the exit itself.
-        self.request(targets, |shared| &shared.flush_vvma);
+        self.request_and_wait(targets, |shared| &shared.flush_vvma);
     }
 
     fn hart_start(&mut self, vcpu: usize, start_addr: usize, opaque: usize) -> Result<(), SbiError> {
