@@ -1,1 +1,252 @@
-fn main() {}
+//! `cargo xtask`: the one entry point that sets up the host, fetches guest images, builds, runs and tests Keel.
+
+mod apt;
+mod build;
+mod cache;
+mod console;
+mod cpio;
+mod images;
+mod manifest;
+mod qemu;
+mod setup;
+mod shell;
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::cache::Cache;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test the Keel hypervisor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the host tools Keel needs (QEMU, OpenSBI, cross compiler, kernel source) when missing.
+    Setup,
+    /// Fetch and build the guest images (Debian kernel, busybox initramfs, small kernel) into the cache.
+    Images,
+    /// Build the manifest file-system image and the hypervisor that embeds it.
+    Build(BuildArgs),
+    /// Build everything and boot it in QEMU with the console on this terminal.
+    Run(RunArgs),
+    /// Run the host unit tests and the QEMU boot scenarios.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Manifest describing the capsules to bundle (default: guests/manifests/default.toml).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Manifest describing the capsules to bundle (default: guests/manifests/default.toml).
+    #[arg(long, conflicts_with = "kernel")]
+    manifest: Option<PathBuf>,
+    /// Boot this kernel (a Linux Image or a flat binary) instead of a manifest's capsules.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel (default: "console=ttyS0 earlycon=sbi").
+    #[arg(long, requires = "kernel")]
+    append: Option<String>,
+    /// QEMU binary to run (default: qemu-system-riscv64 from PATH).
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// Number of harts of the emulated machine.
+    #[arg(long, default_value_t = 2)]
+    smp: u32,
+    /// Memory of the emulated machine (QEMU syntax: 1G, 512M; a plain number is MiB).
+    #[arg(long, default_value = "1G")]
+    mem: String,
+    /// Boot the kernel directly on the firmware, without Keel: the baseline.
+    #[arg(long)]
+    native: bool,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Only run the host unit tests (`cargo test`).
+    #[arg(long, conflicts_with = "qemu_only")]
+    host_only: bool,
+    /// Only run the QEMU boot scenarios.
+    #[arg(long)]
+    qemu_only: bool,
+    /// QEMU binary for the scenarios that use the machine's QEMU (default: qemu-system-riscv64 from PATH).
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    /// Run only the scenarios whose name contains one of these words.
+    filters: Vec<String>,
+}
+
+/// Paths every subcommand needs: the repository, its target directory and the cache.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target: PathBuf,
+    pub cache: Cache,
+}
+
+impl Workspace {
+    fn locate() -> Result<Workspace> {
+        // xtask lives one level below the workspace root; this holds wherever cargo was started from.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask's manifest directory has no parent")?
+            .to_path_buf();
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) if !dir.is_empty() => root.join(dir),
+            _ => root.join("target"),
+        };
+        Ok(Workspace {
+            root,
+            target,
+            cache: Cache::locate()?,
+        })
+    }
+
+    /// Where xtask keeps what it generates inside the target directory (.dmfs images, manifests).
+    pub fn keel_dir(&self) -> PathBuf {
+        self.target.join("keel")
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    let workspace = Workspace::locate()?;
+    match command {
+        Command::Setup => {
+            setup::ensure_host_tools()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Images => {
+            setup::ensure_host_tools()?;
+            let images = images::ensure(&workspace)?;
+            images.describe();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(args) => {
+            setup::ensure_host_tools()?;
+            let images = images::ensure(&workspace)?;
+            let manifest = args
+                .manifest
+                .unwrap_or_else(|| build::default_manifest(&workspace));
+            let hypervisor = build::build_all(&workspace, &images, &manifest)?;
+            println!("==> hypervisor ready: {}", hypervisor.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run(&workspace, args),
+        Command::Test(args) => {
+            let options = tests::Options {
+                host: !args.qemu_only,
+                qemu: !args.host_only,
+                qemu_binary: args.qemu,
+                filters: args.filters,
+                list_only: args.list,
+            };
+            let all_passed = tests::run(&workspace, &options)?;
+            Ok(if all_passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn run(workspace: &Workspace, args: RunArgs) -> Result<ExitCode> {
+    let machine = qemu::Machine {
+        smp: args.smp,
+        memory_mib: qemu::parse_memory_mib(&args.mem)?,
+    };
+    setup::ensure_host_tools()?;
+    let qemu = match &args.qemu {
+        Some(path) => qemu::Qemu::at(path),
+        None => qemu::Qemu::system(),
+    };
+
+    // Either the user's own kernel, or the boot capsule of a manifest.
+    let (manifest, boot) = match &args.kernel {
+        Some(kernel) => {
+            let boot = qemu::Boot {
+                kernel: absolute(kernel)?,
+                initrd: args.initrd.as_deref().map(absolute).transpose()?,
+                append: args
+                    .append
+                    .clone()
+                    .unwrap_or_else(|| build::DEFAULT_CMDLINE.to_string()),
+            };
+            (None, boot)
+        }
+        None => {
+            let images = images::ensure(workspace)?;
+            let manifest = args
+                .manifest
+                .clone()
+                .unwrap_or_else(|| build::default_manifest(workspace));
+            let boot = manifest::boot_capsule(&manifest, &images.defines())?;
+            (Some((images, manifest)), boot)
+        }
+    };
+
+    let kernel_to_load = if args.native {
+        None
+    } else {
+        let hypervisor = match &manifest {
+            Some((images, manifest)) => build::build_all(workspace, images, manifest)?,
+            None => {
+                let generated =
+                    build::write_generated_manifest(workspace, &boot, machine.memory_mib)?;
+                build::build_dmfs_and_hypervisor(workspace, &generated, &[])?
+            }
+        };
+        Some(hypervisor)
+    };
+
+    let command = match &kernel_to_load {
+        Some(hypervisor) => qemu.command(&machine, &qemu::Payload::Hypervisor(hypervisor.clone())),
+        None => qemu.command(&machine, &qemu::Payload::Native(boot.clone())),
+    };
+    shell::step(&format!(
+        "starting {} (leave with `poweroff` in the guest shell, or Ctrl-A X)",
+        shell::describe(&command)
+    ));
+    let status = shell::run_interactive(command)?;
+    Ok(ExitCode::from(
+        status
+            .code()
+            .and_then(|code| u8::try_from(code).ok())
+            .unwrap_or(1),
+    ))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
+}
