@@ -249,6 +249,7 @@ impl Capsule {
             fdt_addr: AtomicU64::new(0),
         };
         capsule.load(platform)?;
+        log::info!("capsule {} '{}': G-stage tables use {} KiB", capsule.id, capsule.name, capsule.overhead_bytes() >> 10);
         Ok(Arc::new(capsule))
     }
 

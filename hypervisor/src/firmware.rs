@@ -4,9 +4,9 @@ use core::arch::asm;
 
 const EID_BASE: usize = 0x10;
 const EID_TIME: usize = 0x5449_4D45;
-const EID_IPI: usize = 0x73_5049;
-const EID_HSM: usize = 0x48_534D;
-const EID_SRST: usize = 0x5352_5354;
+pub const EID_IPI: usize = 0x73_5049;
+pub const EID_HSM: usize = 0x48_534D;
+pub const EID_SRST: usize = 0x5352_5354;
 const EID_LEGACY_PUTCHAR: usize = 0x01;
 
 /// An SBI error code returned by the firmware.

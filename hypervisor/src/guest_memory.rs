@@ -21,7 +21,7 @@ pub struct GuestMemory {
 impl GuestMemory {
     /// Allocates `size` bytes (a multiple of 2 MiB) of zeroed RAM to appear at guest-physical `base`.
     pub fn allocate(base: u64, size: u64) -> Option<Self> {
-        if size == 0 || size % CHUNK != 0 {
+        if size == 0 || !size.is_multiple_of(CHUNK) {
             return None;
         }
         let count = (size / CHUNK) as usize;

@@ -52,7 +52,7 @@ pub fn start_secondaries(hartids: impl Iterator<Item = usize>) {
             continue;
         };
         let top = stack + STACK_SIZE;
-        if let Err(error) = firmware::hart_start(hartid, keel_secondary_start as usize, top) {
+        if let Err(error) = firmware::hart_start(hartid, keel_secondary_start as *const () as usize, top) {
             log::warn!("firmware could not start hart {hartid}: SBI error {}", error.0);
         }
     }

@@ -119,6 +119,11 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
     MACHINE_IDS.call_once(firmware::machine_ids);
 
     hart::mark_online();
+    for (eid, name) in [(firmware::EID_HSM, "HSM"), (firmware::EID_IPI, "IPI"), (firmware::EID_SRST, "SRST")] {
+        if !firmware::probe(eid) {
+            log::warn!("the SBI firmware lacks the {name} extension; Keel may not use every hart or power off cleanly");
+        }
+    }
     let enabled: Vec<usize> = host.harts.iter().filter(|h| h.enabled).map(|h| h.hartid as usize).collect();
     hart::start_secondaries(enabled.iter().copied());
     hart::wait_online(enabled.len().min(hart::MAX_HARTS));
@@ -137,9 +142,10 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
         vmid_bits,
     });
     log::info!(
-        "{} harts online; {} MiB free; Sstc {}; {}-bit VMIDs; guest ISA {}",
+        "{} harts online; {} of {} MiB free; Sstc {}; {}-bit VMIDs; guest ISA {}",
         platform.online_harts.len(),
         memory::free_bytes() >> 20,
+        memory::total_bytes() >> 20,
         if sstc { "yes" } else { "no" },
         vmid_bits,
         platform.guest_isa_string()

@@ -112,14 +112,17 @@ fn run_while_started(vcpu: &mut Vcpu) -> bool {
             Next::Resume => {}
             Next::Stop => {
                 vcpu.vs.save(sstc);
+                vcpu.fp.save_if_dirty(vcpu.context.guest.sstatus);
                 shared.set_state(RunState::Stopped);
                 return true;
             }
             Next::Reset(kind) => {
+                log_exits(vcpu);
                 reset_capsule(&capsule, kind);
                 return !capsule.stopped.load(Ordering::Acquire);
             }
             Next::Kill => {
+                log_exits(vcpu);
                 log::error!("capsule {} '{}' stopped", capsule.id, capsule.name);
                 stop_capsule(&capsule);
                 return false;
@@ -129,6 +132,25 @@ fn run_while_started(vcpu: &mut Vcpu) -> bool {
             return !capsule.stopped.load(Ordering::Acquire);
         }
     }
+}
+
+/// Reports how often a vCPU trapped into Keel, by cause.
+fn log_exits(vcpu: &Vcpu) {
+    let e = &vcpu.exits;
+    log::info!(
+        "capsule '{}' vCPU {}: {} exits (SBI {}, MMIO {}, virtual instruction {}, faults injected {}, host timer {}, host external {}, IPIs {}, other {})",
+        vcpu.capsule.name,
+        vcpu.index,
+        e.total(),
+        e.sbi,
+        e.mmio,
+        e.virtual_instruction,
+        e.injected_faults,
+        e.host_timer,
+        e.host_external,
+        e.host_software,
+        e.other
+    );
 }
 
 /// Applies what other harts (or devices) asked of this vCPU since it last ran.

@@ -114,19 +114,13 @@ pub mod bits {
     pub const SSTATUS_FS_INITIAL: u64 = 1 << 13;
     /// `sstatus.FS` = Dirty.
     pub const SSTATUS_FS_DIRTY: u64 = 3 << 13;
-    /// `sstatus.SUM`.
-    pub const SSTATUS_SUM: u64 = 1 << 18;
     /// `sstatus.UXL` = 64-bit.
     pub const SSTATUS_UXL_64: u64 = 2 << 32;
 
-    /// `hstatus.GVA`: `stval` holds a guest virtual address.
-    pub const HSTATUS_GVA: u64 = 1 << 6;
     /// `hstatus.SPV`: the trap came from a virtual mode.
     pub const HSTATUS_SPV: u64 = 1 << 7;
     /// `hstatus.SPVP`: the guest's privilege at the trap (and of HLV/HSV accesses).
     pub const HSTATUS_SPVP: u64 = 1 << 8;
-    /// `hstatus.VTW`: WFI in VS-mode raises a virtual-instruction exception.
-    pub const HSTATUS_VTW: u64 = 1 << 21;
     /// `hstatus.VSXL` = 64-bit.
     pub const HSTATUS_VSXL_64: u64 = 2 << 32;
 
@@ -145,8 +139,6 @@ pub mod bits {
 
     /// `henvcfg.STCE`: the guest may use `stimecmp` (Sstc).
     pub const HENVCFG_STCE: u64 = 1 << 63;
-    /// `henvcfg.PBMTE`: Svpbmt memory types in VS-stage page tables.
-    pub const HENVCFG_PBMTE: u64 = 1 << 62;
 
     /// `hcounteren`: cycle, time and instret readable by the guest.
     pub const COUNTEREN_CY_TM_IR: u64 = 0b111;

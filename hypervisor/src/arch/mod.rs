@@ -59,13 +59,6 @@ pub fn fence_i() {
     unsafe { asm!("fence.i", options(nostack)) };
 }
 
-/// Full memory fence.
-#[inline(always)]
-pub fn fence() {
-    // SAFETY: a fence has no effect other than ordering.
-    unsafe { asm!("fence rw, rw", options(nostack)) };
-}
-
 /// Flushes every G-stage translation of every VMID on this hart (`hfence.gvma x0, x0`).
 #[inline(always)]
 pub fn hfence_gvma_all() {
@@ -78,20 +71,6 @@ pub fn hfence_gvma_all() {
 pub fn hfence_vvma_all() {
     // SAFETY: flushing address-translation caches cannot break memory safety.
     unsafe { asm!(".insn r 0x73, 0, 0x11, x0, x0, x0", options(nostack)) };
-}
-
-/// Flushes the VS-stage translations of one guest virtual page, for every ASID, of the current VMID.
-#[inline(always)]
-pub fn hfence_vvma_address(address: u64) {
-    // SAFETY: flushing address-translation caches cannot break memory safety.
-    unsafe { asm!(".insn r 0x73, 0, 0x11, x0, {0}, x0", in(reg) address, options(nostack)) };
-}
-
-/// Flushes the VS-stage translations of one ASID of the current VMID.
-#[inline(always)]
-pub fn hfence_vvma_asid(asid: u64) {
-    // SAFETY: flushing address-translation caches cannot break memory safety.
-    unsafe { asm!(".insn r 0x73, 0, 0x11, x0, x0, {0}", in(reg) asid, options(nostack)) };
 }
 
 /// The result of reading guest memory through the guest's own translation.
@@ -163,7 +142,7 @@ pub fn install_host_trap_vector() {
     unsafe extern "C" {
         fn keel_host_trap();
     }
-    csr::stvec::write(keel_host_trap as usize as u64);
+    csr::stvec::write(keel_host_trap as *const () as u64);
 }
 
 global_asm!(
