@@ -82,6 +82,9 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
     if let Some(uart) = &host.uart {
         console::init(uart.base as usize);
     }
+    if let Some(test_device) = &host.test_device {
+        firmware::set_test_device(test_device.base as usize);
+    }
     let (firmware_id, firmware_version) = firmware::implementation();
     println!(
         "[keel] Keel {} on {} — boot hart {hartid}, {} hart(s), {} MiB RAM, SBI firmware id {firmware_id} version {firmware_version:#x}",
@@ -108,9 +111,11 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
         ));
     }
 
-    // Sstc for guests: henvcfg.STCE only sticks when the firmware lets S-mode use stimecmp.
+    // Sstc for guests: the hart must list it, and henvcfg.STCE must stick (it cannot when the firmware does not
+    // let S-mode use stimecmp). Both are needed: QEMU 7.2 keeps STCE even on a CPU without Sstc.
+    let listed = boot.is_some_and(|h| h.isa_extensions.iter().any(|e| e == "sstc"));
     csr::henvcfg::write(bits::HENVCFG_STCE);
-    let sstc = csr::henvcfg::read() & bits::HENVCFG_STCE != 0;
+    let sstc = listed && csr::henvcfg::read() & bits::HENVCFG_STCE != 0;
     csr::henvcfg::write(0);
     // VMID width: write all ones and see what sticks (mode Bare keeps this harmless).
     csr::hgatp::write(0x3fff << 44);
@@ -171,16 +176,15 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
 fn start_capsules(platform: &'static Platform) {
     let bundled: &'static [u8] = &BUNDLED.0;
     if bundled.is_empty() {
-        log::warn!("this build has no bundled manifest image: nothing to run");
-        return;
+        fatal(format_args!("this build has no bundled manifest image: nothing to run (build with `cargo xtask build`)"));
     }
     let image = match keel_dmfs::Image::parse(bundled) {
         Ok(image) => image,
-        Err(error) => {
-            log::error!("the bundled manifest image is unusable: {error}");
-            return;
-        }
+        Err(error) => fatal(format_args!("the bundled manifest image is unusable: {error}")),
     };
+    if image.boot_capsule().is_none() {
+        fatal(format_args!("the bundled manifest image has no boot capsule"));
+    }
     let mut next_hart = 0;
     let mut vmid: u16 = 1;
     for entry in image.capsules().filter(|c| c.boot || c.autostart) {
@@ -203,6 +207,9 @@ fn start_capsules(platform: &'static Platform) {
                 run::assign(&capsule);
                 CAPSULES.lock().push(capsule.clone());
                 capsule.start();
+            }
+            Err(error) if entry.boot => {
+                fatal(format_args!("the boot capsule '{}' could not be created: {error}", entry.name))
             }
             Err(error) => log::error!("capsule '{}' was not started: {error}", entry.name),
         }

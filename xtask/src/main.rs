@@ -74,6 +74,9 @@ struct RunArgs {
     /// Memory of the emulated machine (QEMU syntax: 1G, 512M; a plain number is MiB).
     #[arg(long, default_value = "1G")]
     mem: String,
+    /// QEMU `-cpu` model and properties, e.g. `rv64,sstc=false` (default: the machine's CPU).
+    #[arg(long)]
+    cpu: Option<String>,
     /// Boot the kernel directly on the firmware, without Keel: the baseline.
     #[arg(long)]
     native: bool,
@@ -185,6 +188,7 @@ fn run(workspace: &Workspace, args: RunArgs) -> Result<ExitCode> {
     let machine = qemu::Machine {
         smp: args.smp,
         memory_mib: qemu::parse_memory_mib(&args.mem)?,
+        cpu: args.cpu.clone(),
     };
     setup::ensure_host_tools()?;
     let qemu = match &args.qemu {

@@ -11,10 +11,12 @@ use crate::cache::{self, Cache, Key};
 use crate::shell;
 
 /// The emulated machine's size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
     pub smp: u32,
     pub memory_mib: u64,
+    /// `-cpu` model and properties, e.g. `rv64,sstc=false`; the machine's default CPU when `None`.
+    pub cpu: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -71,6 +73,10 @@ pub fn machine_args(machine: &Machine, payload: &Payload) -> Vec<OsString> {
     args.push(machine.smp.to_string().into());
     args.push("-m".into());
     args.push(format!("{}M", machine.memory_mib).into());
+    if let Some(cpu) = &machine.cpu {
+        args.push("-cpu".into());
+        args.push(cpu.into());
+    }
     for word in ["-nographic", "-bios", "default", "-kernel"] {
         args.push(word.into());
     }
@@ -356,6 +362,7 @@ mod tests {
         let machine = Machine {
             smp: 2,
             memory_mib: 512,
+            cpu: None,
         };
         let keel = machine_args(&machine, &Payload::Hypervisor("/t/keel".into()));
         assert_eq!(
@@ -411,6 +418,7 @@ mod tests {
             &Machine {
                 smp: 1,
                 memory_mib: 256,
+                cpu: Some("rv64,sstc=false".into()),
             },
             &Payload::Hypervisor("/k".into()),
         );
@@ -419,6 +427,8 @@ mod tests {
             args[..5],
             ["-L", "/c/usr/share/qemu", "-audio", "none", "-M"]
         );
+        let cpu = args.iter().position(|arg| *arg == "-cpu").expect("-cpu present");
+        assert_eq!(args[cpu + 1], "rv64,sstc=false");
         let library_path = command
             .get_envs()
             .find(|(name, _)| *name == "LD_LIBRARY_PATH")

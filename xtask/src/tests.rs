@@ -38,52 +38,93 @@ enum QemuVersion {
     Backports,
 }
 
+/// What a scenario checks beyond booting to a shell, running commands and powering off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    /// `nproc` reports this many CPUs.
+    Cpus(u32),
+    /// `reboot` restarts the capsule, which comes back to a shell.
+    Reboot,
+    /// A load from a guest-physical address that is neither the capsule's RAM nor one of its devices: Keel logs it
+    /// and injects an access fault, which Linux turns into SIGSEGV for the process; the shell and Keel carry on.
+    ForeignAccess,
+}
+
+/// How a scenario is expected to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A shell, the standard conversation, the extras, then `poweroff` with exit status 0.
+    Shell(&'static [Extra]),
+    /// Keel refuses to run: it prints this text and QEMU exits with a non-zero status.
+    Refusal(&'static str),
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
     name: &'static str,
     kernel: Kernel,
     under_keel: bool,
     qemu: QemuVersion,
+    /// The manifest under guests/manifests/ (Keel scenarios); by default the kernel's own.
+    manifest: Option<&'static str>,
+    /// QEMU `-cpu`, when not the machine's default.
+    cpu: Option<&'static str>,
+    /// Machine memory in MiB, when not the default for the scenario.
+    memory_mib: Option<u64>,
+    expect: Expect,
+}
+
+impl Scenario {
+    const fn new(name: &'static str, kernel: Kernel, under_keel: bool, qemu: QemuVersion) -> Scenario {
+        Scenario {
+            name,
+            kernel,
+            under_keel,
+            qemu,
+            manifest: None,
+            cpu: None,
+            memory_mib: None,
+            expect: Expect::Shell(&[]),
+        }
+    }
 }
 
 /// Native boots come first: they check the images and the harness without the hypervisor, so a
 /// failure in a Keel scenario after them points at Keel.
 const SCENARIOS: &[Scenario] = &[
+    Scenario::new("native-debian", Kernel::Debian, false, QemuVersion::Machine),
+    Scenario::new("native-small", Kernel::Small, false, QemuVersion::Machine),
+    Scenario::new("native-small-qemu10", Kernel::Small, false, QemuVersion::Backports),
     Scenario {
-        name: "native-debian",
-        kernel: Kernel::Debian,
-        under_keel: false,
-        qemu: QemuVersion::Machine,
+        expect: Expect::Shell(&[Extra::ForeignAccess]),
+        ..Scenario::new("keel-debian", Kernel::Debian, true, QemuVersion::Machine)
     },
     Scenario {
-        name: "native-small",
-        kernel: Kernel::Small,
-        under_keel: false,
-        qemu: QemuVersion::Machine,
+        expect: Expect::Shell(&[Extra::Reboot]),
+        ..Scenario::new("keel-small", Kernel::Small, true, QemuVersion::Machine)
+    },
+    Scenario::new("keel-small-qemu10", Kernel::Small, true, QemuVersion::Backports),
+    // Two vCPUs on two harts: HSM start of the second vCPU, IPIs and remote fences between them.
+    Scenario {
+        manifest: Some("small-smp2"),
+        expect: Expect::Shell(&[Extra::Cpus(2)]),
+        ..Scenario::new("keel-small-smp2", Kernel::Small, true, QemuVersion::Machine)
+    },
+    // Without Sstc the guest's timer goes through SBI set_timer and Keel's own timer interrupt.
+    Scenario {
+        cpu: Some("rv64,sstc=false"),
+        ..Scenario::new("keel-small-no-sstc", Kernel::Small, true, QemuVersion::Machine)
     },
     Scenario {
-        name: "native-small-qemu10",
-        kernel: Kernel::Small,
-        under_keel: false,
-        qemu: QemuVersion::Backports,
+        cpu: Some("rv64,h=false"),
+        expect: Expect::Refusal("has no H (hypervisor) extension"),
+        ..Scenario::new("keel-refuses-no-h-extension", Kernel::Small, true, QemuVersion::Machine)
     },
+    // 160 MiB of machine cannot hold the small manifest's 256 MiB capsule.
     Scenario {
-        name: "keel-debian",
-        kernel: Kernel::Debian,
-        under_keel: true,
-        qemu: QemuVersion::Machine,
-    },
-    Scenario {
-        name: "keel-small",
-        kernel: Kernel::Small,
-        under_keel: true,
-        qemu: QemuVersion::Machine,
-    },
-    Scenario {
-        name: "keel-small-qemu10",
-        kernel: Kernel::Small,
-        under_keel: true,
-        qemu: QemuVersion::Backports,
+        memory_mib: Some(160),
+        expect: Expect::Refusal("the boot capsule 'boot' could not be created: not enough free memory"),
+        ..Scenario::new("keel-refuses-too-little-memory", Kernel::Small, true, QemuVersion::Machine)
     },
 ];
 
@@ -281,15 +322,17 @@ impl<'a> ScenarioContext<'a> {
 
     fn run(&mut self, scenario: &Scenario) -> Result<String> {
         let images = self.images()?;
-        let (kernel, manifest, memory_mib) = match scenario.kernel {
+        let (kernel, default_manifest, memory_mib) = match scenario.kernel {
             Kernel::Debian => (images.debian_kernel.clone(), "default", 512),
             Kernel::Small => (images.small_kernel.clone(), "small", 256),
         };
+        let manifest = scenario.manifest.unwrap_or(default_manifest);
         let initrd = images.initramfs.clone();
         let qemu = self.qemu(scenario.qemu)?;
         let qemu_version = qemu
             .version()
             .unwrap_or_else(|error| format!("unknown QEMU version ({error:#})"));
+        let cpu = scenario.cpu.map(str::to_string);
         // Natively the kernel gets what its capsule would get; under Keel the machine has room
         // for the hypervisor besides the capsule.
         let (payload, machine, expected_id) = if scenario.under_keel {
@@ -298,7 +341,8 @@ impl<'a> ScenarioContext<'a> {
                 Payload::Hypervisor(hypervisor),
                 Machine {
                     smp: 2,
-                    memory_mib: 1024,
+                    memory_mib: scenario.memory_mib.unwrap_or(1024),
+                    cpu,
                 },
                 KEEL_SBI_ID,
             )
@@ -310,7 +354,11 @@ impl<'a> ScenarioContext<'a> {
             };
             (
                 Payload::Native(boot),
-                Machine { smp: 2, memory_mib },
+                Machine {
+                    smp: 2,
+                    memory_mib: scenario.memory_mib.unwrap_or(memory_mib),
+                    cpu,
+                },
                 OPENSBI_SBI_ID,
             )
         };
@@ -319,7 +367,10 @@ impl<'a> ScenarioContext<'a> {
         println!("    {}", shell::describe(&command));
         let timeouts = Timeouts::for_scenario(scenario);
         let mut console = Console::spawn(command)?;
-        let result = drive(&mut console, expected_id, &timeouts);
+        let result = match scenario.expect {
+            Expect::Shell(extras) => drive(&mut console, expected_id, extras, &timeouts),
+            Expect::Refusal(text) => expect_refusal(&mut console, text, &timeouts),
+        };
         let log = self
             .workspace
             .keel_dir()
@@ -369,23 +420,28 @@ impl Timeouts {
 }
 
 /// The console conversation every scenario has; each step's error says which step failed.
-fn drive(console: &mut Console, expected_sbi_id: &str, timeouts: &Timeouts) -> Result<String> {
+fn drive(
+    console: &mut Console,
+    expected_sbi_id: &str,
+    extras: &[Extra],
+    timeouts: &Timeouts,
+) -> Result<String> {
     let started = Instant::now();
     console
         .expect(READY, timeouts.boot)
-        .context("step 1/6: boot to the init-ready line")?;
+        .context("boot to the init-ready line")?;
     let booted = started.elapsed();
     console
         .expect(PROMPT, timeouts.command)
-        .context("step 2/6: shell prompt")?;
+        .context("shell prompt")?;
 
     console.send_line("echo $((6*7))")?;
     console
         .expect_line("a line `42`", timeouts.command, |line| line.trim() == "42")
-        .context("step 3/6: shell arithmetic `echo $((6*7))`")?;
+        .context("shell arithmetic `echo $((6*7))`")?;
     console
         .expect(PROMPT, timeouts.command)
-        .context("step 3/6: prompt after arithmetic")?;
+        .context("prompt after arithmetic")?;
 
     console.send_line("dmesg | grep -i 'SBI implementation ID'")?;
     let sbi_line = console
@@ -394,37 +450,140 @@ fn drive(console: &mut Console, expected_sbi_id: &str, timeouts: &Timeouts) -> R
             timeouts.command,
             |line| sbi_implementation_id(line).is_some(),
         )
-        .context("step 4/6: SBI implementation ID in dmesg")?;
+        .context("SBI implementation ID in dmesg")?;
     let found_id = sbi_implementation_id(&sbi_line).unwrap_or_default();
     if found_id != expected_sbi_id {
-        bail!("step 4/6: SBI implementation ID is {found_id}, expected {expected_sbi_id} (line: {sbi_line})");
+        bail!("SBI implementation ID is {found_id}, expected {expected_sbi_id} (line: {sbi_line})");
     }
     console
         .expect(PROMPT, timeouts.command)
-        .context("step 4/6: prompt after dmesg")?;
+        .context("prompt after dmesg")?;
 
     console.send_line("cat /proc/cpuinfo")?;
     let isa = console
         .expect_line("an `isa : rv64...` line", timeouts.command, |line| {
             line.starts_with("isa") && line.contains("rv64")
         })
-        .context("step 5/6: /proc/cpuinfo names the CPU")?;
+        .context("/proc/cpuinfo names the CPU")?;
     console
         .expect(PROMPT, timeouts.command)
-        .context("step 5/6: prompt after cpuinfo")?;
+        .context("prompt after cpuinfo")?;
+
+    let mut notes = Vec::new();
+    for extra in extras {
+        notes.push(run_extra(console, *extra, timeouts)?);
+    }
 
     console.send_line("poweroff")?;
     let status = console
         .wait_exit(timeouts.power_off)
-        .context("step 6/6: poweroff ends QEMU")?;
+        .context("poweroff ends QEMU")?;
     if !status.success() {
-        bail!("step 6/6: QEMU exited with {status} after poweroff, expected exit status 0");
+        bail!("QEMU exited with {status} after poweroff, expected exit status 0");
     }
     let isa = isa.split(':').nth(1).unwrap_or("").trim().to_string();
-    Ok(format!(
+    let mut summary = format!(
         "init ready after {:.1} s; SBI ID {found_id}; {isa}",
         booted.as_secs_f64()
-    ))
+    );
+    for note in notes {
+        summary.push_str("; ");
+        summary.push_str(&note);
+    }
+    Ok(summary)
+}
+
+/// One extra check, run at the shell prompt; leaves the console at a fresh prompt.
+fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result<String> {
+    match extra {
+        Extra::Cpus(expected) => {
+            console.send_line("nproc")?;
+            let line = console
+                .expect_line("a number from `nproc`", timeouts.command, |line| {
+                    line.trim().parse::<u32>().is_ok()
+                })
+                .context("`nproc`")?;
+            let cpus: u32 = line.trim().parse().unwrap_or(0);
+            if cpus != expected {
+                bail!("`nproc` says {cpus} CPUs, expected {expected}");
+            }
+            console
+                .expect(PROMPT, timeouts.command)
+                .context("prompt after nproc")?;
+            Ok(format!("{cpus} CPUs online"))
+        }
+        Extra::Reboot => {
+            let started = Instant::now();
+            console.send_line("reboot")?;
+            console
+                .expect(READY, timeouts.boot)
+                .context("`reboot`: the capsule comes back to the init-ready line")?;
+            console
+                .expect(PROMPT, timeouts.command)
+                .context("shell prompt after reboot")?;
+            console.send_line("echo rebooted-$((1+1))")?;
+            console
+                .expect_line("a line `rebooted-2`", timeouts.command, |line| {
+                    line.trim() == "rebooted-2"
+                })
+                .context("shell after reboot")?;
+            console
+                .expect(PROMPT, timeouts.command)
+                .context("prompt after reboot check")?;
+            Ok(format!(
+                "rebooted to a shell in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ))
+        }
+        Extra::ForeignAccess => {
+            // 0x4000_0000 is neither the capsule's RAM (0x8000_0000..) nor one of its devices.
+            console.send_line("devmem 0x40000000 32; echo devmem-status-$?")?;
+            console
+                .expect_line("Keel's log line about the access", timeouts.command, |line| {
+                    line.contains("[keel") && line.contains("0x40000000") && line.contains("injecting an access fault")
+                })
+                .context("Keel reports the foreign access")?;
+            let line = console
+                .expect_line("`devmem-status-N`", timeouts.command, |line| {
+                    line.trim().starts_with("devmem-status-")
+                })
+                .context("read of foreign memory with devmem")?;
+            let status = line.trim().trim_start_matches("devmem-status-").to_string();
+            // 139 = 128 + SIGSEGV: RISC-V Linux signals a load access fault in user mode with SIGSEGV.
+            if status != "139" {
+                bail!("devmem of foreign memory ended with status {status}, expected 139 (SIGSEGV from the injected access fault)");
+            }
+            console
+                .expect(PROMPT, timeouts.command)
+                .context("prompt after foreign access")?;
+            console.send_line("echo still-$((2*3))")?;
+            console
+                .expect_line("a line `still-6`", timeouts.command, |line| {
+                    line.trim() == "still-6"
+                })
+                .context("shell after foreign access")?;
+            console
+                .expect(PROMPT, timeouts.command)
+                .context("prompt after foreign access check")?;
+            Ok("foreign access faulted only the process (SIGSEGV)".to_string())
+        }
+    }
+}
+
+/// Keel must refuse to run with a message containing `text`, and QEMU must exit non-zero.
+fn expect_refusal(console: &mut Console, text: &str, timeouts: &Timeouts) -> Result<String> {
+    let line = console
+        .expect_line(&format!("Keel's refusal containing {text:?}"), timeouts.boot, |line| {
+            line.contains(text)
+        })
+        .context("Keel's refusal message")?;
+    let status = console
+        .wait_exit(timeouts.power_off)
+        .context("QEMU stops after the refusal")?;
+    if status.success() {
+        bail!("QEMU exited with status 0 after the refusal; a failure status was expected");
+    }
+    Ok(format!("refused ({status}): {}", line.trim()))
 }
 
 /// The value in a kernel line like `[    0.000000] SBI implementation ID=0x1 Version=0x10001`.
@@ -507,13 +666,13 @@ mod unit {
             command: Duration::from_secs(10),
             power_off: Duration::from_secs(10),
         };
-        let summary = drive(&mut console, OPENSBI_SBI_ID, &timeouts).unwrap();
+        let summary = drive(&mut console, OPENSBI_SBI_ID, &[], &timeouts).unwrap();
         assert!(summary.contains("rv64imafdch"), "{summary}");
 
         let mut command = Command::new("sh");
         command.args(["-c", script]);
         let mut console = Console::spawn(command).unwrap();
-        let error = drive(&mut console, KEEL_SBI_ID, &timeouts).unwrap_err();
+        let error = drive(&mut console, KEEL_SBI_ID, &[], &timeouts).unwrap_err();
         assert!(
             format!("{error:#}").contains("SBI implementation ID is 0x1, expected 0x4b45454c"),
             "{error:#}"
@@ -533,7 +692,73 @@ mod unit {
             command: Duration::from_millis(500),
             power_off: Duration::from_secs(1),
         };
-        let error = drive(&mut console, OPENSBI_SBI_ID, &timeouts).unwrap_err();
-        assert!(format!("{error:#}").contains("step 3/6"), "{error:#}");
+        let error = drive(&mut console, OPENSBI_SBI_ID, &[], &timeouts).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("shell arithmetic `echo $((6*7))`"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn extras_check_cpus_and_foreign_access() {
+        let script = r#"
+            echo "keel-guest: init ready"
+            while printf 'keel-guest# ' && read -r line; do
+              case "$line" in
+                'echo $((6*7))') echo 42 ;;
+                dmesg*) echo "[    0.0] SBI implementation ID=0x4b45454c Version=0x100" ;;
+                'cat /proc/cpuinfo') printf 'isa\t\t: rv64imafdc\n' ;;
+                nproc) echo 2 ;;
+                devmem*) echo "[keel h0] WARN  capsule 'boot' vCPU 0: load of 4 bytes at 0x40000000 (pc 0x1) is outside its memory and devices; injecting an access fault"; echo devmem-status-139 ;;
+                'echo still-$((2*3))') echo still-6 ;;
+                poweroff) exit 0 ;;
+              esac
+            done
+        "#;
+        let timeouts = Timeouts {
+            boot: Duration::from_secs(10),
+            command: Duration::from_secs(10),
+            power_off: Duration::from_secs(10),
+        };
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        let mut console = Console::spawn(command).unwrap();
+        let summary = drive(
+            &mut console,
+            KEEL_SBI_ID,
+            &[Extra::Cpus(2), Extra::ForeignAccess],
+            &timeouts,
+        )
+        .unwrap();
+        assert!(summary.contains("2 CPUs online"), "{summary}");
+        assert!(summary.contains("SIGSEGV"), "{summary}");
+
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        let mut console = Console::spawn(command).unwrap();
+        let error = drive(&mut console, KEEL_SBI_ID, &[Extra::Cpus(4)], &timeouts).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("`nproc` says 2 CPUs, expected 4"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn refusal_needs_the_message_and_a_failure_status() {
+        let timeouts = Timeouts {
+            boot: Duration::from_secs(5),
+            command: Duration::from_secs(5),
+            power_off: Duration::from_secs(5),
+        };
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo '[keel] FATAL: no way'; exit 1"]);
+        let mut console = Console::spawn(command).unwrap();
+        assert!(expect_refusal(&mut console, "no way", &timeouts).is_ok());
+
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo '[keel] FATAL: no way'; exit 0"]);
+        let mut console = Console::spawn(command).unwrap();
+        let error = expect_refusal(&mut console, "no way", &timeouts).unwrap_err();
+        assert!(format!("{error:#}").contains("status 0"), "{error:#}");
     }
 }
