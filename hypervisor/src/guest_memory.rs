@@ -19,7 +19,8 @@ pub struct GuestMemory {
 }
 
 impl GuestMemory {
-    /// Allocates `size` bytes (a multiple of 2 MiB) of zeroed RAM to appear at guest-physical `base`.
+    /// Allocates `size` bytes (a multiple of 2 MiB) of RAM to appear at guest-physical `base`. It is not zeroed:
+    /// see [`memory::alloc_pages_unzeroed`] for why that leaks nothing between capsules.
     pub fn allocate(base: u64, size: u64) -> Option<Self> {
         if size == 0 || !size.is_multiple_of(CHUNK) {
             return None;
@@ -27,7 +28,7 @@ impl GuestMemory {
         let count = (size / CHUNK) as usize;
         let mut memory = GuestMemory { base, chunks: Vec::with_capacity(count) };
         for _ in 0..count {
-            match memory::alloc_pages(PAGES_PER_CHUNK) {
+            match memory::alloc_pages_unzeroed(PAGES_PER_CHUNK) {
                 Some(chunk) => memory.chunks.push(chunk),
                 // Dropping `memory` returns what was already allocated.
                 None => return None,

@@ -122,13 +122,21 @@ pub fn init(memory: &[Region], reserved: &[Region], fdt: (usize, usize)) {
 
 /// Allocates `count` contiguous pages, aligned to the next power of two of `count` pages, zeroed.
 pub fn alloc_pages(count: usize) -> Option<usize> {
-    let frame = FRAMES.lock().alloc(count)?;
-    let bytes = count.next_power_of_two() * PAGE_SIZE;
-    FREE_BYTES.fetch_sub(bytes, Ordering::AcqRel);
-    let address = frame << PAGE_SHIFT;
+    let address = alloc_pages_unzeroed(count)?;
     // SAFETY: the allocator handed these pages out to us alone; Keel addresses RAM physically.
     unsafe { core::ptr::write_bytes(address as *mut u8, 0, count * PAGE_SIZE) };
     Some(address)
+}
+
+/// Allocates like [`alloc_pages`] without zeroing, for memory whose user overwrites or does not care about what
+/// was there: guest RAM. This leaks nothing between capsules because every page is scrubbed when it is freed
+/// ([`free_pages`]); a page never freed since boot holds only what was in RAM before Keel started. Skipping the
+/// zeroing saves writing a capsule's whole RAM on the boot path.
+pub fn alloc_pages_unzeroed(count: usize) -> Option<usize> {
+    let frame = FRAMES.lock().alloc(count)?;
+    let bytes = count.next_power_of_two() * PAGE_SIZE;
+    FREE_BYTES.fetch_sub(bytes, Ordering::AcqRel);
+    Some(frame << PAGE_SHIFT)
 }
 
 /// Returns pages from `alloc_pages`, scrubbing them first so nothing of their last owner remains.
