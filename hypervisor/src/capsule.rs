@@ -29,6 +29,8 @@ pub const UART_SIZE: u64 = 0x100;
 pub const UART_IRQ: u32 = 10;
 /// Input clock the 16550 claims to have (QEMU's value).
 pub const UART_CLOCK: u32 = 3_686_400;
+/// The most vCPUs a capsule may have (SBI hart masks address 64).
+pub const MAX_VCPUS: usize = 64;
 /// Bytes of console input a capsule buffers before more is dropped.
 const INPUT_LIMIT: usize = 4096;
 
@@ -114,8 +116,10 @@ pub struct VcpuShared {
     pub external: AtomicBool,
     /// `external` changed while the vCPU ran elsewhere: apply it before the next entry.
     pub irq_changed: AtomicBool,
-    /// The hart this vCPU runs on.
+    /// The vCPU's home hart.
     pub hart: AtomicUsize,
+    /// The vCPU is on its hart now (switched in).
+    pub running: AtomicBool,
 }
 
 impl VcpuShared {
@@ -130,6 +134,7 @@ impl VcpuShared {
             external: AtomicBool::new(false),
             irq_changed: AtomicBool::new(false),
             hart: AtomicUsize::new(hart),
+            running: AtomicBool::new(false),
         }
     }
 
@@ -193,7 +198,7 @@ pub enum CreateError {
     Kernel(keel_linux_boot::ImageError),
     Placement(keel_linux_boot::PlacementError),
     DeviceTree(String),
-    TooManyVcpus { vcpus: u32, harts: usize },
+    BadVcpuCount(u32),
     Map(keel_gstage::MapError),
 }
 
@@ -204,9 +209,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Kernel(error) => write!(f, "kernel rejected: {error}"),
             CreateError::Placement(error) => write!(f, "kernel does not fit its memory: {error}"),
             CreateError::DeviceTree(error) => write!(f, "device tree could not be built: {error}"),
-            CreateError::TooManyVcpus { vcpus, harts } => {
-                write!(f, "asks for {vcpus} vCPUs but only {harts} harts are online")
-            }
+            CreateError::BadVcpuCount(vcpus) => write!(f, "asks for {vcpus} vCPUs; 1 to {MAX_VCPUS} are possible"),
             CreateError::Map(error) => write!(f, "G-stage mapping failed: {error}"),
         }
     }
@@ -216,11 +219,10 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
 impl Capsule {
     /// Builds a capsule: allocates and maps its RAM, loads its kernel, initrd and device tree. Its vCPUs are
-    /// assigned to harts starting at `first_hart` but not started.
-    pub fn create(definition: Definition, platform: &Platform, vmid: u16, first_hart: usize) -> Result<Arc<Capsule>, CreateError> {
-        let harts = platform.online_harts.len();
-        if definition.vcpus as usize > harts || definition.vcpus == 0 {
-            return Err(CreateError::TooManyVcpus { vcpus: definition.vcpus, harts });
+    /// neither placed on harts nor started.
+    pub fn create(definition: Definition, platform: &Platform, vmid: u16) -> Result<Arc<Capsule>, CreateError> {
+        if definition.vcpus == 0 || definition.vcpus as usize > MAX_VCPUS {
+            return Err(CreateError::BadVcpuCount(definition.vcpus));
         }
         let memory = GuestMemory::allocate(RAM_BASE, definition.memory).ok_or(CreateError::OutOfMemory("RAM"))?;
         let mut tables = HostTables;
@@ -232,7 +234,7 @@ impl Capsule {
         }
         let hgatp = gstage.hgatp(vmid).map_err(CreateError::Map)?;
         let vcpus = (0..definition.vcpus as usize)
-            .map(|i| VcpuShared::new(platform.online_harts[(first_hart + i) % harts]))
+            .map(|_| VcpuShared::new(platform.online_harts[0]))
             .collect();
         let capsule = Capsule {
             id: NEXT_ID.fetch_add(1, Ordering::AcqRel),
@@ -356,7 +358,10 @@ pub struct Vcpu {
     pub capsule: Arc<Capsule>,
     pub index: usize,
     pub generation: u32,
-    /// `sstatus` the guest starts with: VS-mode (SPP), FP usable (FS = Initial).
+    /// Waiting for an interrupt (WFI or HSM suspend) off the hart.
+    pub waiting: bool,
+    /// The guest's timer deadline when Keel emulates it (no Sstc); with Sstc it is `vs.vstimecmp`.
+    pub guest_deadline: u64,
     pub exits: crate::stats::ExitCounters,
 }
 
@@ -371,6 +376,8 @@ impl Vcpu {
             capsule,
             index,
             generation,
+            waiting: false,
+            guest_deadline: u64::MAX,
             exits: Default::default(),
         })
     }
@@ -385,10 +392,17 @@ impl Vcpu {
         self.context.guest.hstatus = bits::HSTATUS_SPV | bits::HSTATUS_SPVP | bits::HSTATUS_VSXL_64;
         self.vs = VsCsrs::reset();
         self.fp = FpState::default();
+        self.guest_deadline = u64::MAX;
+        self.waiting = false;
     }
 
     pub fn shared(&self) -> &VcpuShared {
         &self.capsule.vcpus[self.index]
+    }
+
+    /// When this vCPU's timer fires next.
+    pub fn timer_deadline(&self, sstc: bool) -> u64 {
+        if sstc { self.vs.vstimecmp } else { self.guest_deadline }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::{arch, firmware, memory};
+use crate::{firmware, memory};
 
 /// The most harts Keel drives; hart ids at or above this are left stopped (and logged).
 pub const MAX_HARTS: usize = 64;
@@ -77,11 +77,4 @@ pub fn kick(hartid: usize) {
     if let Err(error) = firmware::send_ipi(1, hartid) {
         log::warn!("IPI to hart {hartid} failed: SBI error {}", error.0);
     }
-}
-
-/// Idles this hart until another one kicks it.
-pub fn idle() {
-    arch::csr::sie::set(arch::csr::bits::IRQ_S_SOFT);
-    arch::wait_for_interrupt();
-    arch::csr::sip::clear(arch::csr::bits::IRQ_S_SOFT);
 }

@@ -19,6 +19,7 @@ mod hostirq;
 mod memory;
 mod platform;
 mod run;
+mod sched;
 mod stats;
 mod vcpu;
 
@@ -169,7 +170,7 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
 
     start_capsules(platform);
     run::init_hart();
-    run::hart_loop();
+    sched::hart_loop();
 }
 
 /// Creates the boot capsule and every autostart capsule of the bundled image.
@@ -185,7 +186,6 @@ fn start_capsules(platform: &'static Platform) {
     if image.boot_capsule().is_none() {
         fatal(format_args!("the bundled manifest image has no boot capsule"));
     }
-    let mut next_hart = 0;
     let mut vmid: u16 = 1;
     for entry in image.capsules().filter(|c| c.boot || c.autostart) {
         let definition = Definition {
@@ -197,15 +197,14 @@ fn start_capsules(platform: &'static Platform) {
             vcpus: entry.vcpus,
             boot: entry.boot,
         };
-        match Capsule::create(definition, platform, vmid, next_hart) {
+        match Capsule::create(definition, platform, vmid) {
             Ok(capsule) => {
                 if entry.boot {
                     FOCUS.store(capsule.id, Ordering::Release);
                 }
-                next_hart += entry.vcpus as usize;
                 vmid = vmid.wrapping_add(1).max(1);
-                run::assign(&capsule);
                 CAPSULES.lock().push(capsule.clone());
+                sched::place(&capsule, &platform.online_harts);
                 capsule.start();
             }
             Err(error) if entry.boot => {
@@ -224,7 +223,7 @@ extern "C" fn keel_secondary_main(_hartid: usize, _stack_top: usize) -> ! {
     // Wait for the boot hart to finish examining the machine.
     PLATFORM.wait();
     run::init_hart();
-    run::hart_loop();
+    sched::hart_loop();
 }
 
 #[panic_handler]

@@ -4,28 +4,17 @@
 //! from `run_guest` → [`handle_exit`] decides (SBI call, MMIO emulation, injected fault, interrupt) → the loop
 //! applies pending cross-hart requests and enters the guest again.
 
-use alloc::{boxed::Box, sync::Arc, vec::Vec};
+use alloc::{sync::Arc, vec::Vec};
 use core::sync::atomic::Ordering;
 
 use keel_insn::{Access, MmioInsn};
 use keel_sbi::{Call, Environment, FenceRange, HartSet, HartState, MachineIds, Outcome, ResetKind, SbiError};
-use spin::Mutex;
 
 use crate::arch::{self, cause, csr, csr::bits};
 use crate::capsule::{self, Capsule, RunState, Vcpu, CAPSULES};
-use crate::hart::{self, MAX_HARTS};
+use crate::hart;
+use crate::sched::{self, SliceEnd};
 use crate::{console, firmware, hostirq, PLATFORM};
-
-/// The vCPU each hart runs (vCPUs are pinned to harts).
-static ASSIGNED: [Mutex<Option<Box<Vcpu>>>; MAX_HARTS] = [const { Mutex::new(None) }; MAX_HARTS];
-
-/// Gives `capsule`'s vCPUs to their harts.
-pub fn assign(capsule: &Arc<Capsule>) {
-    for (index, shared) in capsule.vcpus.iter().enumerate() {
-        let hartid = shared.hart.load(Ordering::Acquire);
-        *ASSIGNED[hartid].lock() = Some(Vcpu::new(capsule.clone(), index));
-    }
-}
 
 /// Sets up the hypervisor CSRs that are the same for every guest on this hart.
 pub fn init_hart() {
@@ -38,43 +27,18 @@ pub fn init_hart() {
     csr::henvcfg::write(if sstc { bits::HENVCFG_STCE } else { 0 });
     // Keel's own timer stays disarmed until it needs one: with Sstc the firmware may have left stimecmp in the
     // past, which would raise a supervisor timer interrupt at every guest entry.
-    if sstc {
-        csr::stimecmp::write(u64::MAX);
-    } else {
-        firmware::set_timer(u64::MAX);
-    }
+    sched::arm_timer(u64::MAX);
     // Interrupts that reach Keel while a guest runs: IPIs from other harts, and the host timer and UART.
     csr::sie::write(bits::IRQ_S_SOFT | bits::IRQ_S_EXT | bits::IRQ_S_TIMER);
     arch::hfence_gvma_all();
 }
 
-/// Each hart's loop: run the assigned vCPU while it is started, sleep otherwise.
-pub fn hart_loop() -> ! {
-    let hartid = hart::id();
-    loop {
-        let vcpu = ASSIGNED[hartid].lock().take();
-        match vcpu {
-            Some(mut vcpu) => {
-                let keep = run_while_started(&mut vcpu);
-                if keep {
-                    let mut slot = ASSIGNED[hartid].lock();
-                    if slot.is_none() {
-                        *slot = Some(vcpu);
-                    }
-                }
-                if !keep || ASSIGNED[hartid].lock().as_ref().is_some_and(|v| v.shared().state() == RunState::Stopped) {
-                    hart::idle();
-                }
-            }
-            None => hart::idle(),
-        }
-    }
-}
-
 /// What the exit handler wants the run loop to do next.
 enum Next {
     Resume,
-    /// The vCPU stopped (HSM stop); its hart goes idle until it is started again.
+    /// Give the hart to another vCPU (slice over, WFI, or a waiting vCPU woke up).
+    Yield,
+    /// The vCPU stopped (HSM stop); it stays queued until it is started again.
     Stop,
     /// The capsule shut down or rebooted.
     Reset(ResetKind),
@@ -82,54 +46,59 @@ enum Next {
     Kill,
 }
 
-/// Runs `vcpu` for as long as it is started. Returns whether the vCPU should stay assigned.
-fn run_while_started(vcpu: &mut Vcpu) -> bool {
+/// Runs `vcpu` (already switched in) until its slice ends, it waits or stops, or its capsule goes away.
+pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
     let capsule = vcpu.capsule.clone();
-    if capsule.stopped.load(Ordering::Acquire) {
-        return false;
-    }
-    let shared = &capsule.vcpus[vcpu.index];
-    match shared.state() {
-        RunState::Stopped => return true,
-        RunState::StartPending => {
-            vcpu.reset_to(shared.start_pc.load(Ordering::Acquire), shared.start_opaque.load(Ordering::Acquire));
-            shared.set_state(RunState::Started);
-        }
-        RunState::Started => {}
-    }
-    let sstc = PLATFORM.get().is_some_and(|p| p.sstc);
-    csr::hgatp::write(capsule.hgatp);
-    arch::hfence_gvma_all();
-    vcpu.vs.load(sstc);
-    vcpu.fp.restore();
-    arch::hfence_vvma_all();
-
+    let slice_end = sched::slice_deadline(hartid);
+    let mut queued_deadline = sched::queued_deadline(hartid);
+    let mut armed = u64::MAX;
     loop {
         apply_requests(vcpu);
+        // WFI traps (and yields the hart) only while other vCPUs share the hart; alone, the guest's WFI runs
+        // natively and an idle guest costs no exits.
+        if sched::shared_hart(hartid) {
+            vcpu.context.guest.hstatus |= bits::HSTATUS_VTW;
+        } else {
+            vcpu.context.guest.hstatus &= !bits::HSTATUS_VTW;
+        }
+        let mut deadline = slice_end.min(queued_deadline);
+        if !PLATFORM.get().is_some_and(|p| p.sstc) {
+            deadline = deadline.min(vcpu.guest_deadline);
+        }
+        if deadline != armed {
+            sched::arm_timer(deadline);
+            armed = deadline;
+        }
+
         crate::vcpu::run_guest(&mut vcpu.context);
-        let next = handle_exit(vcpu);
+
+        let next = handle_exit(vcpu, hartid, slice_end);
+        if vcpu.context.exit.scause & cause::INTERRUPT != 0 {
+            // A kick or a timer may have changed what waits on this hart.
+            queued_deadline = sched::queued_deadline(hartid);
+            armed = u64::MAX - 1;
+        }
         match next {
             Next::Resume => {}
+            Next::Yield => return SliceEnd::Requeue,
             Next::Stop => {
-                vcpu.vs.save(sstc);
-                vcpu.fp.save_if_dirty(vcpu.context.guest.sstatus);
-                shared.set_state(RunState::Stopped);
-                return true;
+                capsule.vcpus[vcpu.index].set_state(RunState::Stopped);
+                return SliceEnd::Requeue;
             }
             Next::Reset(kind) => {
                 log_exits(vcpu);
                 reset_capsule(&capsule, kind);
-                return !capsule.stopped.load(Ordering::Acquire);
+                return SliceEnd::Drop;
             }
             Next::Kill => {
                 log_exits(vcpu);
                 log::error!("capsule {} '{}' stopped", capsule.id, capsule.name);
                 stop_capsule(&capsule);
-                return false;
+                return SliceEnd::Drop;
             }
         }
         if capsule.generation.load(Ordering::Acquire) != vcpu.generation || capsule.stopped.load(Ordering::Acquire) {
-            return !capsule.stopped.load(Ordering::Acquire);
+            return SliceEnd::Drop;
         }
     }
 }
@@ -180,10 +149,10 @@ fn apply_external_interrupt(vcpu: &Vcpu) {
 }
 
 /// Decides what a guest exit means and carries it out.
-fn handle_exit(vcpu: &mut Vcpu) -> Next {
+fn handle_exit(vcpu: &mut Vcpu, hartid: usize, slice_end: u64) -> Next {
     let exit = vcpu.context.exit;
     if exit.scause & cause::INTERRUPT != 0 {
-        return handle_interrupt(vcpu, exit.scause & !cause::INTERRUPT);
+        return handle_interrupt(vcpu, hartid, slice_end, exit.scause & !cause::INTERRUPT);
     }
     match exit.scause {
         cause::VIRTUAL_SUPERVISOR_ECALL => {
@@ -206,7 +175,13 @@ fn handle_exit(vcpu: &mut Vcpu) -> Next {
         }
         cause::VIRTUAL_INSTRUCTION => {
             vcpu.exits.virtual_instruction += 1;
-            // Nothing is emulated this way: the guest executed an instruction its privilege does not allow.
+            if exit.stval == WFI && vcpu.context.guest.hstatus & bits::HSTATUS_VTW != 0 {
+                // WFI while other vCPUs share the hart: wait off the hart until an interrupt is pending.
+                vcpu.context.guest.sepc += 4;
+                vcpu.waiting = true;
+                return Next::Yield;
+            }
+            // Nothing else is emulated this way: the guest used an instruction its privilege does not allow.
             inject_exception(vcpu, cause::ILLEGAL_INSTRUCTION, exit.stval);
             Next::Resume
         }
@@ -224,7 +199,10 @@ fn handle_exit(vcpu: &mut Vcpu) -> Next {
     }
 }
 
-fn handle_interrupt(vcpu: &mut Vcpu, code: u64) -> Next {
+/// The encoding of `wfi`, as `stval` reports it for a virtual-instruction exception.
+const WFI: u64 = 0x1050_0073;
+
+fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -> Next {
     match code {
         cause::IRQ_S_SOFT => {
             vcpu.exits.host_software += 1;
@@ -236,15 +214,22 @@ fn handle_interrupt(vcpu: &mut Vcpu, code: u64) -> Next {
         }
         cause::IRQ_S_TIMER => {
             vcpu.exits.host_timer += 1;
-            if PLATFORM.get().is_some_and(|p| p.sstc) {
-                csr::stimecmp::write(u64::MAX);
-            } else {
-                // Without Sstc the guest's timer is Keel's: forward it as VSTIP and disarm.
+            sched::arm_timer(u64::MAX);
+            let now = csr::time::read();
+            if !PLATFORM.get().is_some_and(|p| p.sstc) && now >= vcpu.guest_deadline {
+                // Without Sstc the guest's timer is Keel's: forward it as VSTIP.
                 csr::hvip::set(bits::IRQ_VS_TIMER);
-                firmware::set_timer(u64::MAX);
+                vcpu.guest_deadline = u64::MAX;
+            }
+            if now >= slice_end {
+                return Next::Yield;
             }
         }
         _ => vcpu.exits.other += 1,
+    }
+    // Something on this hart may have woken up (a timer deadline, an IPI, console input): let it run.
+    if sched::others_ready(hartid) {
+        return Next::Yield;
     }
     Next::Resume
 }
@@ -454,8 +439,10 @@ impl SbiEnvironment<'_> {
         let capsule = self.vcpu.capsule.clone();
         for target in targets.iter().filter(|&t| t != me) {
             let Some(shared) = capsule.vcpus.get(target) else { continue };
+            // A vCPU that is not on a hart applies the request before it runs again, so only a running one is
+            // waited for.
             while flag(shared).load(Ordering::Acquire)
-                && shared.state() == RunState::Started
+                && shared.running.load(Ordering::Acquire)
                 && !capsule.stopped.load(Ordering::Acquire)
             {
                 apply_requests(self.vcpu);
@@ -483,8 +470,9 @@ impl Environment for SbiEnvironment<'_> {
         if PLATFORM.get().is_some_and(|p| p.sstc) {
             csr::vstimecmp::write(stime_value);
         } else {
+            // Armed by the run loop, together with the slice timer.
             csr::hvip::clear(bits::IRQ_VS_TIMER);
-            firmware::set_timer(stime_value);
+            self.vcpu.guest_deadline = stime_value;
         }
     }
 
@@ -596,13 +584,19 @@ fn handle_sbi(vcpu: &mut Vcpu) -> Next {
             Next::Reset(kind)
         }
         Outcome::HartStop => Next::Stop,
-        Outcome::Suspend(_) => {
-            // Suspend is entered by returning success: the retentive default suspend resumes after the ecall, and
-            // waiting for the interrupt happens in the guest's own WFI. Non-retentive suspend is not offered.
+        Outcome::Suspend(suspend) => {
             guest.x[10] = 0;
             guest.x[11] = 0;
             guest.sepc += 4;
-            Next::Resume
+            if let keel_sbi::HartSuspend::NonRetentive { resume_addr, opaque } = suspend {
+                // Resume as if started afresh at `resume_addr`, translation and interrupts off.
+                let index = vcpu.index;
+                vcpu.reset_to(resume_addr as u64, opaque as u64);
+                vcpu.context.guest.x[10] = index as u64;
+            }
+            // Either way the vCPU waits for an interrupt off the hart, like WFI.
+            vcpu.waiting = true;
+            Next::Yield
         }
     }
 }
@@ -633,7 +627,7 @@ fn reset_capsule(capsule: &Arc<Capsule>, kind: ResetKind) {
             let platform = PLATFORM.get().expect("platform known after boot");
             match capsule.load(platform) {
                 Ok(()) => {
-                    reassign_all(capsule);
+                    sched::requeue_fresh(capsule);
                     capsule.start();
                 }
                 Err(error) => {
@@ -642,15 +636,6 @@ fn reset_capsule(capsule: &Arc<Capsule>, kind: ResetKind) {
                 }
             }
         }
-    }
-}
-
-/// Gives every vCPU of `capsule` fresh state on its hart.
-fn reassign_all(capsule: &Arc<Capsule>) {
-    for (index, shared) in capsule.vcpus.iter().enumerate() {
-        let hartid = shared.hart.load(Ordering::Acquire);
-        *ASSIGNED[hartid].lock() = Some(Vcpu::new(capsule.clone(), index));
-        hart::kick(hartid);
     }
 }
 

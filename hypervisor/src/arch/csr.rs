@@ -121,6 +121,8 @@ pub mod bits {
     pub const HSTATUS_SPV: u64 = 1 << 7;
     /// `hstatus.SPVP`: the guest's privilege at the trap (and of HLV/HSV accesses).
     pub const HSTATUS_SPVP: u64 = 1 << 8;
+    /// `hstatus.VTW`: WFI in VS-mode raises a virtual-instruction exception.
+    pub const HSTATUS_VTW: u64 = 1 << 21;
     /// `hstatus.VSXL` = 64-bit.
     pub const HSTATUS_VSXL_64: u64 = 2 << 32;
 
