@@ -186,6 +186,8 @@ pub struct Capsule {
     pub generation: AtomicU32,
     /// Set when the capsule has shut down for good.
     pub stopped: AtomicBool,
+    /// Console output of a capsule without focus, held until its line is complete.
+    pub pending_line: Mutex<Vec<u8>>,
     /// Entry point of vCPU 0 and the device tree address, for (re)boots.
     pub entry: AtomicU64,
     pub fdt_addr: AtomicU64,
@@ -247,6 +249,7 @@ impl Capsule {
             vcpus,
             generation: AtomicU32::new(0),
             stopped: AtomicBool::new(false),
+            pending_line: Mutex::new(Vec::new()),
             entry: AtomicU64::new(0),
             fdt_addr: AtomicU64::new(0),
         };
@@ -315,6 +318,35 @@ impl Capsule {
     /// Memory Keel spends on this capsule beyond its RAM: G-stage tables.
     pub fn overhead_bytes(&self) -> u64 {
         self.gstage.lock().as_ref().map_or(0, |g| g.table_bytes())
+    }
+
+    /// Sends this capsule's console output to the host console. The focused capsule writes straight through, so its
+    /// prompt and echo appear at once; while several capsules run, the others are held back a line at a time, so
+    /// their lines do not break into the focused capsule's.
+    pub fn console_output(&self, bytes: &[u8]) {
+        const LINE_LIMIT: usize = 240;
+        if !crate::console::tagging() || FOCUS.load(Ordering::Acquire) == self.id {
+            self.flush_console();
+            crate::console::write_capsule(self.id, &self.name, bytes);
+            return;
+        }
+        let mut line = self.pending_line.lock();
+        for &byte in bytes {
+            line.push(byte);
+            if byte == b'\n' || line.len() >= LINE_LIMIT {
+                crate::console::write_capsule(self.id, &self.name, &line);
+                line.clear();
+            }
+        }
+    }
+
+    /// Writes out console output held back for a partial line.
+    pub fn flush_console(&self) {
+        let mut line = self.pending_line.lock();
+        if !line.is_empty() {
+            crate::console::write_capsule(self.id, &self.name, &line);
+            line.clear();
+        }
     }
 
     /// Delivers console input to this capsule's UART.
@@ -416,4 +448,41 @@ pub static FOCUS: AtomicU32 = AtomicU32::new(0);
 pub fn focused() -> Option<Arc<Capsule>> {
     let id = FOCUS.load(Ordering::Acquire);
     CAPSULES.lock().iter().find(|c| c.id == id).cloned()
+}
+
+/// The console escape: Ctrl-] (0x1d). Followed by `n` (next capsule), a digit (the capsule with that id), or
+/// another Ctrl-] (a literal 0x1d for the focused capsule). See docs/console.md.
+pub const FOCUS_ESCAPE: u8 = 0x1d;
+static ESCAPE_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Handles the focus escape sequence in host console input; returns the byte to deliver, if any.
+pub fn focus_filter(byte: u8) -> Option<u8> {
+    if !ESCAPE_PENDING.swap(false, Ordering::AcqRel) {
+        if byte == FOCUS_ESCAPE {
+            ESCAPE_PENDING.store(true, Ordering::Release);
+            return None;
+        }
+        return Some(byte);
+    }
+    let capsules = CAPSULES.lock();
+    let current = FOCUS.load(Ordering::Acquire);
+    let target = match byte {
+        FOCUS_ESCAPE => return Some(FOCUS_ESCAPE),
+        b'n' | b'\t' => {
+            let position = capsules.iter().position(|c| c.id == current).unwrap_or(0);
+            capsules.get((position + 1) % capsules.len().max(1)).cloned()
+        }
+        b'1'..=b'9' => capsules.iter().find(|c| c.id == u32::from(byte - b'0')).cloned(),
+        _ => None,
+    };
+    drop(capsules);
+    match target {
+        Some(capsule) => {
+            FOCUS.store(capsule.id, Ordering::Release);
+            log::info!("console input now goes to capsule {} '{}'", capsule.id, capsule.name);
+            capsule.flush_console();
+        }
+        None => log::warn!("console escape: no such capsule (Ctrl-] then n, a capsule id, or Ctrl-] again)"),
+    }
+    None
 }

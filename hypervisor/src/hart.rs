@@ -69,9 +69,19 @@ pub fn wait_online(count: usize) {
     log::warn!("only {} of {count} harts came online", online_count());
 }
 
-/// Kicks hart `hartid` out of WFI or out of its guest so it looks at its mailbox.
+/// Set when something on a hart's own queue may have become runnable through work done on that hart.
+static RESCHEDULE: [AtomicBool; MAX_HARTS] = [const { AtomicBool::new(false) }; MAX_HARTS];
+
+/// Takes this hart's reschedule note.
+pub fn take_reschedule(hartid: usize) -> bool {
+    RESCHEDULE[hartid].swap(false, Ordering::AcqRel)
+}
+
+/// Kicks hart `hartid` out of WFI or out of its guest so it looks at its queue; on this hart, leaves a note
+/// that the run loop reads after the current exit.
 pub fn kick(hartid: usize) {
     if hartid == id() {
+        RESCHEDULE[hartid].store(true, Ordering::Release);
         return;
     }
     if let Err(error) = firmware::send_ipi(1, hartid) {

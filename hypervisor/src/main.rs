@@ -187,6 +187,7 @@ fn start_capsules(platform: &'static Platform) {
         fatal(format_args!("the bundled manifest image has no boot capsule"));
     }
     let mut vmid: u16 = 1;
+    console::set_tagging(image.capsules().filter(|c| c.boot || c.autostart).count() > 1);
     for entry in image.capsules().filter(|c| c.boot || c.autostart) {
         let definition = Definition {
             name: entry.name,

@@ -72,7 +72,12 @@ pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
 
         crate::vcpu::run_guest(&mut vcpu.context);
 
-        let next = handle_exit(vcpu, hartid, slice_end);
+        let mut next = handle_exit(vcpu, hartid, slice_end);
+        // Work done in this exit (an IPI, a started vCPU, a device interrupt) may have woken a vCPU that shares
+        // this hart: let it run now rather than at the end of the slice.
+        if matches!(next, Next::Resume) && hart::take_reschedule(hartid) && sched::woken_waiting(hartid) {
+            next = Next::Yield;
+        }
         if vcpu.context.exit.scause & cause::INTERRUPT != 0 {
             // A kick or a timer may have changed what waits on this hart.
             queued_deadline = sched::queued_deadline(hartid);
@@ -228,13 +233,13 @@ fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -
         _ => vcpu.exits.other += 1,
     }
     // Something on this hart may have woken up (a timer deadline, an IPI, console input): let it run.
-    if sched::others_ready(hartid) {
+    if sched::woken_waiting(hartid) {
         return Next::Yield;
     }
     Next::Resume
 }
 
-/// Drains the host UART into the focused capsule.
+/// Drains the host UART into the focused capsule, acting on the focus escape sequence on the way.
 pub fn service_host_external() {
     loop {
         let source = hostirq::claim();
@@ -244,12 +249,10 @@ pub fn service_host_external() {
         let mut bytes = [0u8; 64];
         let mut count = 0;
         while count < bytes.len() {
-            match console::get_byte() {
-                Some(byte) => {
-                    bytes[count] = byte;
-                    count += 1;
-                }
-                None => break,
+            let Some(byte) = console::get_byte() else { break };
+            if let Some(byte) = capsule::focus_filter(byte) {
+                bytes[count] = byte;
+                count += 1;
             }
         }
         if count > 0 {
@@ -389,7 +392,7 @@ fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()
     let capsule = vcpu.capsule.clone();
     let mut devices = capsule.devices.lock();
     if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
-        devices.uart.write(offset, value as u8, &mut |byte| console::write_bytes(&[byte]));
+        devices.uart.write(offset, value as u8, &mut |byte| capsule.console_output(&[byte]));
         devices.sync_irqs();
     } else if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
         devices.plic.write(offset, width, value as u32).map_err(|_| ())?;
@@ -523,7 +526,7 @@ impl Environment for SbiEnvironment<'_> {
         let mut buffer = [0u8; 256];
         let len = len.min(buffer.len());
         self.capsule().memory.read(guest_address, &mut buffer[..len]).map_err(|()| SbiError::InvalidParam)?;
-        console::write_bytes(&buffer[..len]);
+        self.vcpu.capsule.console_output(&buffer[..len]);
         Ok(len)
     }
 
@@ -550,7 +553,7 @@ impl Environment for SbiEnvironment<'_> {
     }
 
     fn console_write_byte(&mut self, byte: u8) {
-        console::write_bytes(&[byte]);
+        self.vcpu.capsule.console_output(&[byte]);
     }
 
     fn console_getchar(&mut self) -> Option<u8> {

@@ -151,22 +151,26 @@ fn pick(hartid: usize) -> Option<Box<Vcpu>> {
     chosen
 }
 
-/// The earliest timer deadline among this hart's queued vCPUs that are started.
+/// The earliest timer deadline among this hart's queued vCPUs that wait for an interrupt. (A queued vCPU that
+/// is merely preempted gets the hart back at its turn; its deadline need not interrupt anyone.)
 pub fn queued_deadline(hartid: usize) -> u64 {
     let sstc = sstc();
     QUEUES[hartid]
         .lock()
         .iter()
-        .filter(|v| v.shared().state() == RunState::Started)
+        .filter(|v| v.waiting && v.shared().state() == RunState::Started)
         .map(|v| v.timer_deadline(sstc))
         .min()
         .unwrap_or(u64::MAX)
 }
 
-/// Whether another vCPU on this hart is ready to run now (so the running one should give way).
-pub fn others_ready(hartid: usize) -> bool {
+/// Whether a vCPU on this hart has just become ready — a waiter whose interrupt arrived, or one being started —
+/// so that the running vCPU should give way before its slice ends.
+pub fn woken_waiting(hartid: usize) -> bool {
     let now = csr::time::read();
-    QUEUES[hartid].lock().iter().any(|v| matches!(readiness(v, now), Readiness::Runnable))
+    QUEUES[hartid].lock().iter().any(|v| {
+        (v.waiting || v.shared().state() == RunState::StartPending) && matches!(readiness(v, now), Readiness::Runnable)
+    })
 }
 
 /// Whether other vCPUs share this hart.
