@@ -44,6 +44,11 @@ const TOOLS: &[Tool] = &[
         why: "cross-compiles the small kernel",
     },
     Tool {
+        probe: Probe::Program("riscv64-linux-gnu-objcopy"),
+        package: "binutils-riscv64-linux-gnu",
+        why: "flattens the SBI check guest to a raw binary",
+    },
+    Tool {
         probe: Probe::File("/usr/src/linux-source-6.1.tar.xz"),
         package: "linux-source-6.1",
         why: "source of the small kernel",
