@@ -162,6 +162,18 @@ impl Console {
             .with_context(|| format!("cannot type `{line}` into the console (QEMU gone?)"))
     }
 
+    /// Types raw bytes (such as a control character) into the console.
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the console's input is closed")?;
+        stdin
+            .write_all(bytes)
+            .and_then(|()| stdin.flush())
+            .context("cannot type into the console (QEMU gone?)")
+    }
+
     /// Waits for QEMU to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let started = Instant::now();

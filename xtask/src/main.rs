@@ -1,10 +1,12 @@
 //! `cargo xtask`: the one entry point that sets up the host, fetches guest images, builds, runs and tests Keel.
 
 mod apt;
+mod bench;
 mod build;
 mod cache;
 mod console;
 mod cpio;
+mod guests;
 mod images;
 mod manifest;
 mod qemu;
@@ -42,6 +44,29 @@ enum Command {
     Run(RunArgs),
     /// Run the host unit tests and the QEMU boot scenarios.
     Test(TestArgs),
+    /// Measure Keel against native runs side by side; tables on stdout, JSON in target/keel/bench/.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// One run of each variant and a short idle/busy interval: checks that everything works.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per variant for every benchmark (default: 5 for the small kernel and the bare-metal guest,
+    /// 3 for the Debian kernel and the exit counts).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: Option<u32>,
+    /// Run only the benchmarks whose names contain NAME (repeatable): boot-small, boot-debian,
+    /// sbi-mmio, exits-small, exits-debian, footprint, scale.
+    #[arg(long, value_name = "NAME")]
+    only: Vec<String>,
+    /// Seconds the exit benchmarks stay idle or busy (default 10; 4 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: Option<u64>,
+    /// QEMU binary to run (default: qemu-system-riscv64 from PATH).
+    #[arg(long)]
+    qemu: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -166,6 +191,21 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(&workspace, args),
+        Command::Bench(args) => {
+            let options = bench::Options {
+                quick: args.quick,
+                reps: args.reps,
+                only: args.only,
+                qemu_binary: args.qemu,
+                seconds: args.seconds,
+            };
+            let all_ok = bench::run(&workspace, &options)?;
+            Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Test(args) => {
             let options = tests::Options {
                 host: !args.qemu_only,

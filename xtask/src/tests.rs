@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::build;
 use crate::console::Console;
+use crate::guests;
 use crate::images::{self, Images};
 use crate::qemu::{self, Boot, Machine, Payload, Qemu};
 use crate::setup;
@@ -28,6 +29,8 @@ pub struct Options {
 enum Kernel {
     Debian,
     Small,
+    /// guests/sbi-check: a bare-metal guest that checks the SBI implementation under it.
+    SbiCheck,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,11 @@ enum Expect {
     Shell(&'static [Extra]),
     /// Keel refuses to run: it prints this text and QEMU exits with a non-zero status.
     Refusal(&'static str),
+    /// The SBI check guest reports `N checks ok, 0 failed` (N > 0) and shuts down with exit status 0.
+    GuestChecks,
+    /// Several capsules (the boot capsule first) reach their shells; console input moves between them with
+    /// the focus escape; each answers with its own `[name]`-tagged lines; `poweroff` in the boot capsule ends all.
+    Capsules(&'static [(&'static str, u32)]),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +79,8 @@ struct Scenario {
     cpu: Option<&'static str>,
     /// Machine memory in MiB, when not the default for the scenario.
     memory_mib: Option<u64>,
+    /// Harts of the machine, when not the default (2).
+    smp: Option<u32>,
     expect: Expect,
 }
 
@@ -84,6 +94,7 @@ impl Scenario {
             manifest: None,
             cpu: None,
             memory_mib: None,
+            smp: None,
             expect: Expect::Shell(&[]),
         }
     }
@@ -95,6 +106,15 @@ const SCENARIOS: &[Scenario] = &[
     Scenario::new("native-debian", Kernel::Debian, false, QemuVersion::Machine),
     Scenario::new("native-small", Kernel::Small, false, QemuVersion::Machine),
     Scenario::new("native-small-qemu10", Kernel::Small, false, QemuVersion::Backports),
+    // The SBI check guest straight on OpenSBI, then as Keel's boot capsule (a flat kernel, 64 MiB).
+    Scenario {
+        expect: Expect::GuestChecks,
+        ..Scenario::new("native-sbi-check", Kernel::SbiCheck, false, QemuVersion::Machine)
+    },
+    Scenario {
+        expect: Expect::GuestChecks,
+        ..Scenario::new("keel-sbi-check", Kernel::SbiCheck, true, QemuVersion::Machine)
+    },
     Scenario {
         expect: Expect::Shell(&[Extra::ForeignAccess]),
         ..Scenario::new("keel-debian", Kernel::Debian, true, QemuVersion::Machine)
@@ -119,6 +139,20 @@ const SCENARIOS: &[Scenario] = &[
         cpu: Some("rv64,h=false"),
         expect: Expect::Refusal("has no H (hypervisor) extension"),
         ..Scenario::new("keel-refuses-no-h-extension", Kernel::Small, true, QemuVersion::Machine)
+    },
+    // Three capsules on four harts, one with two vCPUs.
+    Scenario {
+        manifest: Some("trio"),
+        smp: Some(4),
+        expect: Expect::Capsules(&[("boot", 1), ("alpha", 2), ("beta", 1)]),
+        ..Scenario::new("keel-trio", Kernel::Small, true, QemuVersion::Machine)
+    },
+    // The same four vCPUs on two harts: time slices, and WFI handing the hart over.
+    Scenario {
+        manifest: Some("trio"),
+        smp: Some(2),
+        expect: Expect::Capsules(&[("boot", 1), ("alpha", 2), ("beta", 1)]),
+        ..Scenario::new("keel-trio-more-vcpus-than-harts", Kernel::Small, true, QemuVersion::Machine)
     },
     // 160 MiB of machine cannot hold the small manifest's 256 MiB capsule.
     Scenario {
@@ -240,6 +274,7 @@ struct ScenarioContext<'a> {
     qemu10: Option<Result<Qemu, String>>,
     hypervisors: HashMap<&'static str, Result<PathBuf, String>>,
     host_ready: Option<Result<(), String>>,
+    sbi_check: Option<Result<PathBuf, String>>,
 }
 
 impl<'a> ScenarioContext<'a> {
@@ -255,6 +290,7 @@ impl<'a> ScenarioContext<'a> {
             qemu10: None,
             hypervisors: HashMap::new(),
             host_ready: None,
+            sbi_check: None,
         }
     }
 
@@ -321,10 +357,15 @@ impl<'a> ScenarioContext<'a> {
     }
 
     fn run(&mut self, scenario: &Scenario) -> Result<String> {
+        if scenario.kernel == Kernel::SbiCheck {
+            return self.run_sbi_check(scenario);
+        }
         let images = self.images()?;
         let (kernel, default_manifest, memory_mib) = match scenario.kernel {
             Kernel::Debian => (images.debian_kernel.clone(), "default", 512),
             Kernel::Small => (images.small_kernel.clone(), "small", 256),
+            // Handled by `run_sbi_check` before the images are needed.
+            Kernel::SbiCheck => bail!("the SBI check guest is not a Linux kernel from the images"),
         };
         let manifest = scenario.manifest.unwrap_or(default_manifest);
         let initrd = images.initramfs.clone();
@@ -340,7 +381,7 @@ impl<'a> ScenarioContext<'a> {
             (
                 Payload::Hypervisor(hypervisor),
                 Machine {
-                    smp: 2,
+                    smp: scenario.smp.unwrap_or(2),
                     memory_mib: scenario.memory_mib.unwrap_or(1024),
                     cpu,
                 },
@@ -355,7 +396,7 @@ impl<'a> ScenarioContext<'a> {
             (
                 Payload::Native(boot),
                 Machine {
-                    smp: 2,
+                    smp: scenario.smp.unwrap_or(2),
                     memory_mib: scenario.memory_mib.unwrap_or(memory_mib),
                     cpu,
                 },
@@ -363,6 +404,66 @@ impl<'a> ScenarioContext<'a> {
             )
         };
         let command = qemu.command(&machine, &payload);
+        self.converse(scenario, &qemu_version, command, expected_id)
+    }
+
+    /// The SBI check guest, built once: the flat binary for native scenarios, or Keel around a
+    /// generated manifest (as `run --kernel` writes it) whose boot capsule is that binary.
+    fn run_sbi_check(&mut self, scenario: &Scenario) -> Result<String> {
+        let host_ready = self
+            .host_ready
+            .get_or_insert_with(|| setup::ensure_host_tools().map_err(|e| format!("{e:#}")));
+        if let Err(error) = host_ready {
+            bail!("host setup failed: {error}");
+        }
+        let workspace = self.workspace;
+        let binary = match self
+            .sbi_check
+            .get_or_insert_with(|| guests::build_sbi_check(workspace).map_err(|e| format!("{e:#}")))
+        {
+            Ok(binary) => binary.clone(),
+            Err(error) => bail!("the SBI check guest could not be built: {error}"),
+        };
+        let boot = Boot {
+            kernel: binary,
+            initrd: None,
+            append: build::DEFAULT_CMDLINE.to_string(),
+        };
+        // The capsule gets half the machine (64 MiB of 128); natively the guest gets what the capsule would.
+        let (payload, memory_mib, expected_id) = if scenario.under_keel {
+            if !self.hypervisors.contains_key(SBI_CHECK_HYPERVISOR) {
+                let built = build_sbi_check_hypervisor(workspace, &boot).map_err(|e| format!("{e:#}"));
+                self.hypervisors.insert(SBI_CHECK_HYPERVISOR, built);
+            }
+            match &self.hypervisors[SBI_CHECK_HYPERVISOR] {
+                Ok(hypervisor) => (Payload::Hypervisor(hypervisor.clone()), 128, KEEL_SBI_ID),
+                Err(error) => bail!("{error}"),
+            }
+        } else {
+            (Payload::Native(boot), 64, OPENSBI_SBI_ID)
+        };
+        let machine = Machine {
+            smp: scenario.smp.unwrap_or(2),
+            memory_mib: scenario.memory_mib.unwrap_or(memory_mib),
+            cpu: scenario.cpu.map(str::to_string),
+        };
+        let qemu = self.qemu(scenario.qemu)?;
+        let qemu_version = qemu
+            .version()
+            .unwrap_or_else(|error| format!("unknown QEMU version ({error:#})"));
+        let command = qemu.command(&machine, &payload);
+        self.converse(scenario, &qemu_version, command, expected_id)
+    }
+
+    /// Starts QEMU, holds the scenario's conversation, and keeps the console log; on failure the
+    /// last console lines are printed.
+    fn converse(
+        &mut self,
+        scenario: &Scenario,
+        qemu_version: &str,
+        command: Command,
+        expected_id: &str,
+    ) -> Result<String> {
         println!("    {qemu_version}");
         println!("    {}", shell::describe(&command));
         let timeouts = Timeouts::for_scenario(scenario);
@@ -370,6 +471,14 @@ impl<'a> ScenarioContext<'a> {
         let result = match scenario.expect {
             Expect::Shell(extras) => drive(&mut console, expected_id, extras, &timeouts),
             Expect::Refusal(text) => expect_refusal(&mut console, text, &timeouts),
+            Expect::GuestChecks => guests::expect_sbi_check_report(
+                &mut console,
+                expected_id,
+                timeouts.boot,
+                timeouts.command,
+                timeouts.power_off,
+            ),
+            Expect::Capsules(capsules) => drive_capsules(&mut console, capsules, &timeouts),
         };
         let log = self
             .workspace
@@ -395,6 +504,20 @@ impl<'a> ScenarioContext<'a> {
     }
 }
 
+/// The key of the Keel build around the SBI check guest among the context's hypervisors.
+const SBI_CHECK_HYPERVISOR: &str = "sbi-check";
+
+/// Keel with the SBI check guest as its only capsule, through the manifest `run --kernel` generates,
+/// copied to target/keel/keel-sbi-check.elf so later builds do not replace it.
+fn build_sbi_check_hypervisor(workspace: &Workspace, boot: &Boot) -> Result<PathBuf> {
+    let manifest = build::write_generated_manifest(workspace, boot, 128)?;
+    let built = build::build_dmfs_and_hypervisor(workspace, &manifest, &[])?;
+    let copy = workspace.keel_dir().join("keel-sbi-check.elf");
+    fs::copy(&built, &copy)
+        .with_context(|| format!("cannot copy {} to {}", built.display(), copy.display()))?;
+    Ok(copy)
+}
+
 struct Timeouts {
     boot: Duration,
     command: Duration,
@@ -410,6 +533,9 @@ impl Timeouts {
             (Kernel::Debian, false) => 120,
             (Kernel::Small, true) => 180,
             (Kernel::Small, false) => 60,
+            // Up to the guest's first line; its checks then get `command` to finish.
+            (Kernel::SbiCheck, true) => 60,
+            (Kernel::SbiCheck, false) => 30,
         };
         Timeouts {
             boot: Duration::from_secs(boot),
@@ -568,6 +694,71 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
             Ok("foreign access faulted only the process (SIGSEGV)".to_string())
         }
     }
+}
+
+/// Several capsules at once: all reach their shells; each, given console focus in turn, answers with lines
+/// tagged with its name and reports its own vCPU count; `poweroff` in the boot capsule (focused again) ends QEMU.
+fn drive_capsules(console: &mut Console, capsules: &[(&str, u32)], timeouts: &Timeouts) -> Result<String> {
+    let started = Instant::now();
+    // The capsules boot side by side, so their ready lines come in any order.
+    let mut waiting: Vec<String> = capsules.iter().map(|(name, _)| format!("[{name}] {READY}")).collect();
+    while !waiting.is_empty() {
+        let line = console
+            .expect_line(&format!("one of {waiting:?}"), timeouts.boot, |line| {
+                waiting.iter().any(|ready| line.trim() == ready)
+            })
+            .with_context(|| format!("capsules boot to their init-ready lines; still waiting for {waiting:?}"))?;
+        waiting.retain(|ready| line.trim() != ready);
+    }
+    let all_ready = started.elapsed();
+    // Let the shells print their prompts before typing.
+    std::thread::sleep(Duration::from_secs(1));
+    for (position, (name, vcpus)) in capsules.iter().enumerate() {
+        if position > 0 {
+            // Ctrl-] n: console input to the next capsule.
+            console.send_bytes(b"\x1dn")?;
+            console
+                .expect_line(&format!("Keel's focus line naming {name}"), timeouts.command, |line| {
+                    line.contains("console input now goes to capsule") && line.contains(&format!("'{name}'"))
+                })
+                .with_context(|| format!("focus moves to {name}"))?;
+        }
+        console.send_line(&format!("echo {name}-$((6*7)); nproc"))?;
+        let answer = format!("[{name}] {name}-42");
+        console
+            .expect_line(&format!("`{answer}`"), timeouts.command, |line| line.trim() == answer)
+            .with_context(|| format!("{name} answers its own shell"))?;
+        let prefix = format!("[{name}] ");
+        let cpus = console
+            .expect_line(&format!("`{prefix}N` from nproc"), timeouts.command, |line| {
+                line.trim().strip_prefix(&prefix).is_some_and(|rest| rest.trim().parse::<u32>().is_ok())
+            })
+            .with_context(|| format!("nproc in {name}"))?;
+        let cpus: u32 = cpus.trim().rsplit(' ').next().unwrap_or("").parse().unwrap_or(0);
+        if cpus != *vcpus {
+            bail!("capsule {name} has {cpus} CPUs online, expected {vcpus}");
+        }
+    }
+    // Back to the boot capsule (the first, capsule id 1), which powers the machine off.
+    console.send_bytes(b"\x1d1")?;
+    let boot = capsules.first().map_or("boot", |(name, _)| *name);
+    console
+        .expect_line("focus back on the boot capsule", timeouts.command, |line| {
+            line.contains("console input now goes to capsule") && line.contains(&format!("'{boot}'"))
+        })
+        .context("focus returns to the boot capsule")?;
+    console.send_line("poweroff")?;
+    let status = console
+        .wait_exit(timeouts.power_off)
+        .context("poweroff in the boot capsule ends QEMU")?;
+    if !status.success() {
+        bail!("QEMU exited with {status} after poweroff, expected exit status 0");
+    }
+    Ok(format!(
+        "{} capsules ready after {:.1} s; each answered in its own tagged lines with its vCPU count",
+        capsules.len(),
+        all_ready.as_secs_f64()
+    ))
 }
 
 /// Keel must refuse to run with a message containing `text`, and QEMU must exit non-zero.
