@@ -170,6 +170,8 @@ pub struct Definition {
     pub memory: u64,
     pub vcpus: u32,
     pub boot: bool,
+    /// What to do when the capsule shuts down or fails.
+    pub restart: keel_dmfs::RestartPolicy,
 }
 
 /// A running (or stopped) virtual machine.

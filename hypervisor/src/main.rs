@@ -197,6 +197,7 @@ fn start_capsules(platform: &'static Platform) {
             memory: entry.memory,
             vcpus: entry.vcpus,
             boot: entry.boot,
+            restart: entry.restart,
         };
         match Capsule::create(definition, platform, vmid) {
             Ok(capsule) => {

@@ -8,7 +8,10 @@ use alloc::{sync::Arc, vec::Vec};
 use core::sync::atomic::Ordering;
 
 use keel_insn::{Access, MmioInsn};
-use keel_sbi::{Call, Environment, FenceRange, HartSet, HartState, MachineIds, Outcome, ResetKind, SbiError};
+use keel_dmfs::RestartPolicy;
+use keel_sbi::{
+    Call, Environment, FenceRange, HartSet, HartState, MachineIds, Outcome, ResetKind, ResetReason, SbiError,
+};
 
 use crate::arch::{self, cause, csr, csr::bits};
 use crate::capsule::{self, Capsule, RunState, Vcpu, CAPSULES};
@@ -41,7 +44,7 @@ enum Next {
     /// The vCPU stopped (HSM stop); it stays queued until it is started again.
     Stop,
     /// The capsule shut down or rebooted.
-    Reset(ResetKind),
+    Reset(ResetKind, ResetReason),
     /// The capsule did something Keel will not allow; it is stopped.
     Kill,
 }
@@ -90,15 +93,18 @@ pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
                 capsule.vcpus[vcpu.index].set_state(RunState::Stopped);
                 return SliceEnd::Requeue;
             }
-            Next::Reset(kind) => {
+            Next::Reset(kind, reason) => {
                 log_exits(vcpu);
-                reset_capsule(&capsule, kind);
+                let failed = reason == ResetReason::SystemFailure;
+                match kind {
+                    ResetKind::Shutdown => after_shutdown(&capsule, vcpu.index, failed),
+                    _ => reboot_capsule(&capsule, vcpu.index),
+                }
                 return SliceEnd::Drop;
             }
             Next::Kill => {
                 log_exits(vcpu);
-                log::error!("capsule {} '{}' stopped", capsule.id, capsule.name);
-                stop_capsule(&capsule);
+                after_shutdown(&capsule, vcpu.index, true);
                 return SliceEnd::Drop;
             }
         }
@@ -584,7 +590,7 @@ fn handle_sbi(vcpu: &mut Vcpu) -> Next {
         }
         Outcome::Reset { kind, reason } => {
             log::info!("capsule '{}' asked for {:?} ({:?})", vcpu.capsule.name, kind, reason);
-            Next::Reset(kind)
+            Next::Reset(kind, reason)
         }
         Outcome::HartStop => Next::Stop,
         Outcome::Suspend(suspend) => {
@@ -604,40 +610,62 @@ fn handle_sbi(vcpu: &mut Vcpu) -> Next {
     }
 }
 
-/// Shuts down or reboots a capsule. Shutting down the boot capsule powers the machine off.
-fn reset_capsule(capsule: &Arc<Capsule>, kind: ResetKind) {
-    match kind {
-        ResetKind::Shutdown => {
-            if capsule.definition.boot {
-                log::info!("boot capsule '{}' shut down: powering off", capsule.name);
-                let error = firmware::system_reset(false);
-                log::error!("the firmware could not power off (SBI error {})", error.0);
-            }
-            stop_capsule(capsule);
+/// A capsule has shut down (`failed`: it asked with the system-failure reason, or Keel stopped it for doing
+/// something illegal). Its restart policy decides: restart it, or stop it. The boot capsule stopping for good
+/// powers the machine off.
+fn after_shutdown(capsule: &Arc<Capsule>, caller: usize, failed: bool) {
+    let policy = capsule.definition.restart;
+    let restart = match policy {
+        RestartPolicy::Never => false,
+        RestartPolicy::OnFailure => failed,
+        RestartPolicy::Always => true,
+    };
+    let how = if failed { "failed" } else { "shut down" };
+    if restart {
+        log::warn!("capsule {} '{}' {how}; restarting it (restart policy {policy})", capsule.id, capsule.name);
+        reboot_capsule(capsule, caller);
+        return;
+    }
+    if capsule.definition.boot {
+        log::info!("boot capsule '{}' {how}: powering off", capsule.name);
+        let error = if failed { firmware::shutdown_failure() } else { firmware::system_reset(false) };
+        log::error!("the firmware could not power off (SBI error {})", error.0);
+    }
+    log::info!("capsule {} '{}' {how}; stopped (restart policy {policy})", capsule.id, capsule.name);
+    stop_capsule(capsule);
+}
+
+/// Restarts a capsule from its definition: every vCPU leaves its hart, RAM is scrubbed, kernel, initrd and device
+/// tree are loaded again and vCPU 0 starts. `caller` is the vCPU (on this hart) that asked.
+fn reboot_capsule(capsule: &Arc<Capsule>, caller: usize) {
+    log::info!("capsule {} '{}' reboots", capsule.id, capsule.name);
+    capsule.generation.fetch_add(1, Ordering::AcqRel);
+    for vcpu in &capsule.vcpus {
+        vcpu.set_state(RunState::Stopped);
+        hart::kick(vcpu.hart.load(Ordering::Acquire));
+    }
+    // No other vCPU may run the old kernel while its memory is rewritten.
+    for (index, vcpu) in capsule.vcpus.iter().enumerate() {
+        while index != caller && vcpu.running.load(Ordering::Acquire) {
+            core::hint::spin_loop();
         }
-        _ => {
-            log::info!("capsule '{}' reboots", capsule.name);
-            capsule.generation.fetch_add(1, Ordering::AcqRel);
-            for vcpu in &capsule.vcpus {
-                vcpu.set_state(RunState::Stopped);
-            }
-            capsule.memory.scrub();
-            {
-                let mut devices = capsule.devices.lock();
-                devices.uart.reset();
-                devices.plic.reset();
-            }
-            let platform = PLATFORM.get().expect("platform known after boot");
-            match capsule.load(platform) {
-                Ok(()) => {
-                    sched::requeue_fresh(capsule);
-                    capsule.start();
-                }
-                Err(error) => {
-                    log::error!("capsule '{}' could not be reloaded: {error}", capsule.name);
-                    stop_capsule(capsule);
-                }
-            }
+    }
+    capsule.memory.scrub();
+    {
+        let mut devices = capsule.devices.lock();
+        devices.uart.reset();
+        devices.plic.reset();
+        devices.input.clear();
+    }
+    let platform = PLATFORM.get().expect("platform known after boot");
+    match capsule.load(platform) {
+        Ok(()) => {
+            sched::requeue_fresh(capsule);
+            capsule.start();
+        }
+        Err(error) => {
+            log::error!("capsule '{}' could not be reloaded: {error}", capsule.name);
+            stop_capsule(capsule);
         }
     }
 }
