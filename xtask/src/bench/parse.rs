@@ -6,10 +6,19 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExitCounts {
     pub capsule: String,
+    /// The vCPU's index; 0 when counts of several vCPUs were added up.
     pub vcpu: u32,
     pub total: u64,
-    /// Causes in the order Keel prints them, e.g. ("SBI", 166).
+    /// Causes in the order Keel prints them, e.g. ("SBI", 166); a JSON object in that order.
+    #[serde(serialize_with = "causes_as_object")]
     pub causes: Vec<(String, u64)>,
+}
+
+fn causes_as_object<S: serde::Serializer>(
+    causes: &[(String, u64)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(causes.iter().map(|(name, count)| (name, count)))
 }
 
 impl ExitCounts {
@@ -169,6 +178,16 @@ mod tests {
         assert_eq!(counts.cause("host external"), Some(6));
         assert_eq!(counts.cause("IPIs"), Some(0));
         assert_eq!(counts.cause("nonsense"), None);
+    }
+
+    #[test]
+    fn causes_serialise_as_an_object_in_keel_order() {
+        let counts = exit_counts(EXITS).unwrap();
+        let json = serde_json::to_string(&counts).unwrap();
+        assert!(
+            json.contains(r#""causes":{"SBI":166,"MMIO":8946,"virtual instruction":0,"#),
+            "{json}"
+        );
     }
 
     #[test]
