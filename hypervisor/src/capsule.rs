@@ -170,6 +170,8 @@ pub struct Definition {
     pub memory: u64,
     pub vcpus: u32,
     pub boot: bool,
+    /// May use the management device.
+    pub may_manage: bool,
     /// What to do when the capsule shuts down or fails.
     pub restart: keel_dmfs::RestartPolicy,
 }
@@ -188,6 +190,10 @@ pub struct Capsule {
     pub generation: AtomicU32,
     /// Set when the capsule has shut down for good.
     pub stopped: AtomicBool,
+    /// Its side of the management device.
+    pub mailbox: Mutex<crate::manage::Mailbox>,
+    /// `time` when it was (last) started.
+    pub started_at: AtomicU64,
     /// Console output of a capsule without focus, held until its line is complete.
     pub pending_line: Mutex<Vec<u8>>,
     /// Entry point of vCPU 0 and the device tree address, for (re)boots.
@@ -252,6 +258,8 @@ impl Capsule {
             generation: AtomicU32::new(0),
             stopped: AtomicBool::new(false),
             pending_line: Mutex::new(Vec::new()),
+            mailbox: Mutex::new(crate::manage::Mailbox::new()),
+            started_at: AtomicU64::new(0),
             entry: AtomicU64::new(0),
             fdt_addr: AtomicU64::new(0),
         };
@@ -310,6 +318,7 @@ impl Capsule {
 
     /// Marks vCPU 0 to start at the kernel entry and kicks its hart.
     pub fn start(&self) {
+        self.started_at.store(crate::arch::csr::time::read(), Ordering::Release);
         let entry = self.entry.load(Ordering::Acquire);
         let fdt = self.fdt_addr.load(Ordering::Acquire);
         if self.vcpus[0].request_start(entry, fdt) {

@@ -16,6 +16,7 @@ mod firmware;
 mod guest_memory;
 mod hart;
 mod hostirq;
+mod manage;
 mod memory;
 mod platform;
 mod run;
@@ -23,8 +24,8 @@ mod sched;
 mod stats;
 mod vcpu;
 
-use alloc::{string::String, vec::Vec};
-use core::sync::atomic::Ordering;
+use alloc::{format, string::String, sync::Arc, vec::Vec};
+use core::sync::atomic::{AtomicU16, Ordering};
 
 use spin::Once;
 
@@ -168,13 +169,62 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
         }
     }
 
-    start_capsules(platform);
+    start_capsules();
     run::init_hart();
     sched::hart_loop();
 }
 
+/// The bundled manifest image, once checked.
+static BUNDLED_IMAGE: Once<keel_dmfs::Image<'static>> = Once::new();
+/// The next VMID to hand out (0 is never used: it is what `hgatp` holds when no capsule runs).
+static NEXT_VMID: AtomicU16 = AtomicU16::new(1);
+
+/// The bundled manifest image, if this build has a usable one.
+pub fn bundled_image() -> Option<&'static keel_dmfs::Image<'static>> {
+    BUNDLED_IMAGE.get()
+}
+
+/// Why a capsule from the image could not be started.
+pub enum StartError {
+    NoSuchCapsule,
+    Failed(String),
+}
+
+/// Creates, places and starts the capsule of `entry`.
+fn start_capsule(entry: &keel_dmfs::Capsule<'static>) -> Result<Arc<Capsule>, String> {
+    let platform = PLATFORM.get().ok_or_else(|| String::from("the platform is not set up yet"))?;
+    let definition = Definition {
+        name: entry.name,
+        kernel: entry.kernel,
+        initrd: entry.initrd,
+        cmdline: entry.cmdline,
+        memory: entry.memory,
+        vcpus: entry.vcpus,
+        boot: entry.boot,
+        may_manage: entry.may_manage,
+        restart: entry.restart,
+    };
+    // VMIDs wrap after 2^14 - 1 capsules; a reused VMID is safe because every hart flushes the G-stage TLB
+    // whenever it switches vCPUs.
+    let vmid = NEXT_VMID.fetch_add(1, Ordering::AcqRel) % 0x3fff + 1;
+    let capsule = Capsule::create(definition, platform, vmid).map_err(|error| format!("{error}"))?;
+    CAPSULES.lock().push(capsule.clone());
+    if CAPSULES.lock().len() > 1 {
+        console::set_tagging(true);
+    }
+    sched::place(&capsule, &platform.online_harts);
+    capsule.start();
+    Ok(capsule)
+}
+
+/// Starts the capsule named `name` from the bundled image (for the management device).
+pub fn start_capsule_by_name(name: &str) -> Result<Arc<Capsule>, StartError> {
+    let entry = bundled_image().and_then(|image| image.capsule(name)).ok_or(StartError::NoSuchCapsule)?;
+    start_capsule(&entry).map_err(StartError::Failed)
+}
+
 /// Creates the boot capsule and every autostart capsule of the bundled image.
-fn start_capsules(platform: &'static Platform) {
+fn start_capsules() {
     let bundled: &'static [u8] = &BUNDLED.0;
     if bundled.is_empty() {
         fatal(format_args!("this build has no bundled manifest image: nothing to run (build with `cargo xtask build`)"));
@@ -186,28 +236,14 @@ fn start_capsules(platform: &'static Platform) {
     if image.boot_capsule().is_none() {
         fatal(format_args!("the bundled manifest image has no boot capsule"));
     }
-    let mut vmid: u16 = 1;
+    let image = BUNDLED_IMAGE.call_once(|| image);
     console::set_tagging(image.capsules().filter(|c| c.boot || c.autostart).count() > 1);
     for entry in image.capsules().filter(|c| c.boot || c.autostart) {
-        let definition = Definition {
-            name: entry.name,
-            kernel: entry.kernel,
-            initrd: entry.initrd,
-            cmdline: entry.cmdline,
-            memory: entry.memory,
-            vcpus: entry.vcpus,
-            boot: entry.boot,
-            restart: entry.restart,
-        };
-        match Capsule::create(definition, platform, vmid) {
+        match start_capsule(&entry) {
             Ok(capsule) => {
                 if entry.boot {
                     FOCUS.store(capsule.id, Ordering::Release);
                 }
-                vmid = vmid.wrapping_add(1).max(1);
-                CAPSULES.lock().push(capsule.clone());
-                sched::place(&capsule, &platform.online_harts);
-                capsule.start();
             }
             Err(error) if entry.boot => {
                 fatal(format_args!("the boot capsule '{}' could not be created: {error}", entry.name))

@@ -17,7 +17,7 @@ use crate::arch::{self, cause, csr, csr::bits};
 use crate::capsule::{self, Capsule, RunState, Vcpu, CAPSULES};
 use crate::hart;
 use crate::sched::{self, SliceEnd};
-use crate::{console, firmware, hostirq, PLATFORM};
+use crate::{console, firmware, hostirq, manage, PLATFORM};
 
 /// Sets up the hypervisor CSRs that are the same for every guest on this hart.
 pub fn init_hart() {
@@ -378,6 +378,9 @@ fn in_window(gpa: u64, base: u64, size: u64, width: u8) -> Option<u64> {
 
 fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
     let capsule = vcpu.capsule.clone();
+    if let Some(offset) = in_window(gpa, manage::BASE, manage::SIZE, width) {
+        return manage::read(&capsule, offset, width);
+    }
     let mut devices = capsule.devices.lock();
     let value = if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
         let value = devices.uart.read(offset);
@@ -396,6 +399,10 @@ fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
 
 fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()> {
     let capsule = vcpu.capsule.clone();
+    if let Some(offset) = in_window(gpa, manage::BASE, manage::SIZE, width) {
+        // Not under the device lock: a command may stop or restart capsules.
+        return manage::write(&capsule, offset, width, value);
+    }
     let mut devices = capsule.devices.lock();
     if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
         devices.uart.write(offset, value as u8, &mut |byte| capsule.console_output(&[byte]));
@@ -636,8 +643,9 @@ fn after_shutdown(capsule: &Arc<Capsule>, caller: usize, failed: bool) {
 }
 
 /// Restarts a capsule from its definition: every vCPU leaves its hart, RAM is scrubbed, kernel, initrd and device
-/// tree are loaded again and vCPU 0 starts. `caller` is the vCPU (on this hart) that asked.
-fn reboot_capsule(capsule: &Arc<Capsule>, caller: usize) {
+/// tree are loaded again and vCPU 0 starts. `caller` is the capsule's vCPU (on this hart) that asked, or
+/// `usize::MAX` when another capsule asked.
+pub fn reboot_capsule(capsule: &Arc<Capsule>, caller: usize) {
     log::info!("capsule {} '{}' reboots", capsule.id, capsule.name);
     capsule.generation.fetch_add(1, Ordering::AcqRel);
     for vcpu in &capsule.vcpus {
@@ -673,6 +681,7 @@ fn reboot_capsule(capsule: &Arc<Capsule>, caller: usize) {
 /// Stops a capsule for good: its vCPUs stop and, once no hart holds it, its memory is scrubbed and freed.
 pub fn stop_capsule(capsule: &Arc<Capsule>) {
     capsule.stopped.store(true, Ordering::Release);
+    sched::remove_capsule(capsule);
     for vcpu in &capsule.vcpus {
         vcpu.set_state(RunState::Stopped);
         hart::kick(vcpu.hart.load(Ordering::Acquire));

@@ -75,6 +75,24 @@ pub fn requeue_fresh(capsule: &Arc<Capsule>) {
     }
 }
 
+/// Takes every queued vCPU of `capsule` off the queues (it stopped); running ones leave at their next exit.
+pub fn remove_capsule(capsule: &Arc<Capsule>) {
+    for (hartid, queue) in QUEUES.iter().enumerate() {
+        let removed: alloc::vec::Vec<Box<Vcpu>> = {
+            let mut queue = queue.lock();
+            let (gone, kept): (VecDeque<_>, VecDeque<_>) =
+                queue.drain(..).partition(|v| Arc::ptr_eq(&v.capsule, capsule));
+            *queue = kept;
+            gone.into_iter().collect()
+        };
+        if !removed.is_empty() {
+            LOAD[hartid].fetch_sub(removed.len(), Ordering::AcqRel);
+        }
+        // Dropped outside the queue lock: the last one may free the capsule.
+        drop(removed);
+    }
+}
+
 /// Whether a vCPU that is waiting for an interrupt has one now, or whether its wait should end anyway.
 fn wake_condition(vcpu: &Vcpu, now: u64) -> bool {
     let shared = vcpu.shared();

@@ -65,6 +65,10 @@ enum Expect {
     /// Several capsules (the boot capsule first) reach their shells; console input moves between them with
     /// the focus escape; each answers with its own `[name]`-tagged lines; `poweroff` in the boot capsule ends all.
     Capsules(&'static [(&'static str, u32)]),
+    /// The trio manifest, driven from the boot capsule with `keel`: list, 20 stop/start rounds with Keel's free
+    /// memory back at the same figure each time, a capsule panicking and coming back while the boot capsule's
+    /// shell answers, and a capsule without the manage right refused.
+    Manage,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -153,6 +157,12 @@ const SCENARIOS: &[Scenario] = &[
         smp: Some(2),
         expect: Expect::Capsules(&[("boot", 1), ("alpha", 2), ("beta", 1)]),
         ..Scenario::new("keel-trio-more-vcpus-than-harts", Kernel::Small, true, QemuVersion::Machine)
+    },
+    Scenario {
+        manifest: Some("trio"),
+        smp: Some(4),
+        expect: Expect::Manage,
+        ..Scenario::new("keel-manage", Kernel::Small, true, QemuVersion::Machine)
     },
     // 160 MiB of machine cannot hold the small manifest's 256 MiB capsule.
     Scenario {
@@ -485,6 +495,7 @@ impl<'a> ScenarioContext<'a> {
                 timeouts.power_off,
             ),
             Expect::Capsules(capsules) => drive_capsules(&mut console, capsules, &timeouts),
+            Expect::Manage => drive_management(&mut console, &timeouts),
         };
         let log = self
             .workspace
@@ -764,6 +775,112 @@ fn drive_capsules(console: &mut Console, capsules: &[(&str, u32)], timeouts: &Ti
         "{} capsules ready after {:.1} s; each answered in its own tagged lines with its vCPU count",
         capsules.len(),
         all_ready.as_secs_f64()
+    ))
+}
+
+/// Types `command` into the focused capsule and returns the lines tagged `[capsule]` up to its marker line.
+fn run_in(console: &mut Console, capsule: &str, command: &str, timeout: Duration) -> Result<Vec<String>> {
+    let marker = format!("end-of-{}", command.len());
+    console.send_line(&format!("{command}; echo {marker}-$?"))?;
+    let prefix = format!("[{capsule}] ");
+    let mut lines = Vec::new();
+    loop {
+        let line = console
+            .expect_line(&format!("`{prefix}{marker}-N`"), timeout, |line| line.trim().starts_with(&prefix))
+            .with_context(|| format!("`{command}` in {capsule}"))?;
+        let text = line.trim().trim_start_matches(&prefix).to_string();
+        if let Some(status) = text.strip_prefix(&format!("{marker}-")) {
+            lines.push(format!("exit status {status}"));
+            return Ok(lines);
+        }
+        lines.push(text);
+    }
+}
+
+/// The free-memory figure in `keel list` output.
+fn free_memory(lines: &[String]) -> Option<u64> {
+    lines.iter().find_map(|line| {
+        line.strip_prefix("free memory: ")?.strip_suffix(" KiB")?.trim().parse().ok()
+    })
+}
+
+fn drive_management(console: &mut Console, timeouts: &Timeouts) -> Result<String> {
+    let mut waiting: Vec<String> = ["boot", "alpha", "beta"].iter().map(|n| format!("[{n}] {READY}")).collect();
+    while !waiting.is_empty() {
+        let line = console
+            .expect_line(&format!("one of {waiting:?}"), timeouts.boot, |line| waiting.iter().any(|r| line.trim() == r))
+            .context("the three capsules boot")?;
+        waiting.retain(|ready| line.trim() != ready);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    let list = run_in(console, "boot", "keel list", timeouts.command)?;
+    for name in ["boot", "alpha", "beta"] {
+        if !list.iter().any(|line| line.contains(name) && line.contains("running")) {
+            bail!("`keel list` does not show {name} running: {list:?}");
+        }
+    }
+    let stop = run_in(console, "boot", "keel stop beta", timeouts.command)?;
+    if stop.last().map(String::as_str) != Some("exit status 0") {
+        bail!("`keel stop beta` failed: {stop:?}");
+    }
+    let baseline = free_memory(&run_in(console, "boot", "keel list", timeouts.command)?)
+        .context("`keel list` shows no free-memory line")?;
+
+    const ROUNDS: usize = 20;
+    let rounds = run_in(
+        console,
+        "boot",
+        &format!(
+            "for i in $(seq {ROUNDS}); do keel start beta >/dev/null && keel stop beta >/dev/null && keel list | grep 'free memory'; done"
+        ),
+        timeouts.boot,
+    )?;
+    let figures: Vec<u64> = rounds.iter().filter_map(|line| free_memory(std::slice::from_ref(line))).collect();
+    if figures.len() != ROUNDS {
+        bail!("expected {ROUNDS} stop/start rounds with a free-memory figure each, got {}: {rounds:?}", figures.len());
+    }
+    if let Some(different) = figures.iter().find(|&&figure| figure != baseline) {
+        bail!("free memory after a stop/start round was {different} KiB, not the {baseline} KiB before: {figures:?}");
+    }
+
+    // A capsule without the right is refused.
+    console.send_bytes(b"\x1d2")?;
+    console
+        .expect_line("focus on alpha", timeouts.command, |line| line.contains("console input now goes to capsule 2"))
+        .context("focus moves to alpha")?;
+    let denied = run_in(console, "alpha", "keel list", timeouts.command)?;
+    if denied.last().map(String::as_str) != Some("exit status 1") {
+        bail!("`keel list` in alpha (no manage right) did not fail: {denied:?}");
+    }
+
+    // alpha panics; the boot capsule keeps answering while alpha comes back.
+    console.send_line("echo c > /proc/sysrq-trigger")?;
+    console.send_bytes(b"\x1d1")?;
+    console
+        .expect_line("focus on boot", timeouts.command, |line| line.contains("console input now goes to capsule 1"))
+        .context("focus returns to boot")?;
+    let alive = run_in(console, "boot", "echo boot-alive-$((3*3))", timeouts.command)?;
+    if !alive.iter().any(|line| line == "boot-alive-9") {
+        bail!("the boot capsule did not answer while alpha panicked: {alive:?}");
+    }
+    console
+        .expect_line("Keel restarting alpha", timeouts.boot, |line| {
+            line.contains("[keel") && line.contains("'alpha' reboots")
+        })
+        .context("alpha's panic restarts it")?;
+    let ready = format!("[alpha] {READY}");
+    console
+        .expect_line(&format!("`{ready}`"), timeouts.boot, |line| line.trim() == ready)
+        .context("alpha boots again after its panic")?;
+
+    console.send_line("poweroff")?;
+    let status = console.wait_exit(timeouts.power_off).context("poweroff in the boot capsule ends QEMU")?;
+    if !status.success() {
+        bail!("QEMU exited with {status} after poweroff, expected exit status 0");
+    }
+    Ok(format!(
+        "keel list/stop/start: {ROUNDS} rounds, free memory {baseline} KiB each time; alpha denied; alpha panicked and came back"
     ))
 }
 
