@@ -1,4 +1,5 @@
-//! Embeds the manifest file-system image named by `KEEL_DMFS_IMAGE` and passes the linker script.
+//! Embeds the manifest file-system image named by `KEEL_DMFS_IMAGE` and the public key named by
+//! `KEEL_PUBLIC_KEY` (or, with `KEEL_ALLOW_UNSIGNED=1`, no key), and passes the linker script.
 
 use std::{env, fs, path::PathBuf};
 
@@ -39,4 +40,46 @@ fn main() {
          static BUNDLED: Aligned<[u8; include_bytes!({path}).len()]> = Aligned(*include_bytes!({path}));\n"
     );
     fs::write(out_dir.join("bundled.rs"), generated).expect("write bundled.rs");
+
+    // Which images the hypervisor accepts (see src/verify.rs): those signed with the secret half of
+    // the public key file, or, in the development mode, any image without a check.
+    println!("cargo:rerun-if-env-changed=KEEL_PUBLIC_KEY");
+    println!("cargo:rerun-if-env-changed=KEEL_ALLOW_UNSIGNED");
+    let allow_unsigned = match env::var_os("KEEL_ALLOW_UNSIGNED") {
+        None => false,
+        Some(value) if value == "1" => true,
+        Some(value) if value.is_empty() || value == "0" => false,
+        Some(value) => panic!("KEEL_ALLOW_UNSIGNED is {value:?}; set it to 1 (development mode) or leave it unset"),
+    };
+    let policy = match env::var_os("KEEL_PUBLIC_KEY").filter(|path| !path.is_empty()) {
+        _ if allow_unsigned => {
+            println!("cargo:warning=KEEL_ALLOW_UNSIGNED=1: this hypervisor does not check manifest image signatures (development mode)");
+            String::from("KeyPolicy::AllowUnsigned")
+        }
+        Some(path) => {
+            let path = PathBuf::from(path);
+            println!("cargo:rerun-if-changed={}", path.display());
+            let key = fs::read(&path)
+                .unwrap_or_else(|error| panic!("KEEL_PUBLIC_KEY names {}, which cannot be read: {error}", path.display()));
+            if key.len() != 32 {
+                panic!(
+                    "KEEL_PUBLIC_KEY names {}, which is {} bytes long; an Ed25519 public key file holds exactly 32 bytes",
+                    path.display(),
+                    key.len()
+                );
+            }
+            format!("KeyPolicy::Key({key:?})")
+        }
+        None => {
+            if env::var_os("KEEL_DMFS_IMAGE").is_some() {
+                println!("cargo:warning=KEEL_PUBLIC_KEY is not set: this hypervisor will refuse every manifest image (build with `cargo xtask build`)");
+            }
+            String::from("KeyPolicy::NoKey")
+        }
+    };
+    let generated = format!(
+        "/// Which manifest images this build accepts, chosen by build.rs.\n\
+         static KEY_POLICY: KeyPolicy = {policy};\n"
+    );
+    fs::write(out_dir.join("key_policy.rs"), generated).expect("write key_policy.rs");
 }

@@ -23,6 +23,7 @@ mod run;
 mod sched;
 mod stats;
 mod vcpu;
+mod verify;
 
 use alloc::{format, string::String, sync::Arc, vec::Vec};
 use core::sync::atomic::{AtomicU16, Ordering};
@@ -229,6 +230,8 @@ fn start_capsules() {
     if bundled.is_empty() {
         fatal(format_args!("this build has no bundled manifest image: nothing to run (build with `cargo xtask build`)"));
     }
+    // Nothing of the image is read before its signature is checked.
+    verify::check_bundled_image(bundled);
     let image = match keel_dmfs::Image::parse(bundled) {
         Ok(image) => image,
         Err(error) => fatal(format_args!("the bundled manifest image is unusable: {error}")),

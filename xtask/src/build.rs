@@ -1,4 +1,8 @@
 //! Building the manifest file-system image (with mkdmfs as a library) and the hypervisor that embeds it.
+//!
+//! Images are signed with the key pair in the cache (see `keys`), and the hypervisor is built with that
+//! pair's public key (`KEEL_PUBLIC_KEY`), so it boots only images signed with it. The development mode
+//! (`--unsigned-dev`) builds unsigned images and a hypervisor that accepts them (`KEEL_ALLOW_UNSIGNED=1`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -7,7 +11,8 @@ use std::process::Command;
 use anyhow::{Context as _, Result};
 
 use crate::cache;
-use crate::images::{self, Images};
+use crate::images;
+use crate::keys::{self, KeyPair};
 use crate::qemu::Boot;
 use crate::shell;
 use crate::Workspace;
@@ -20,25 +25,65 @@ pub fn default_manifest(workspace: &Workspace) -> PathBuf {
     workspace.root.join("guests/manifests/default.toml")
 }
 
-/// Builds the .dmfs for a manifest that refers to the cached images, then the hypervisor.
-pub fn build_all(workspace: &Workspace, images: &Images, manifest: &Path) -> Result<PathBuf> {
-    build_dmfs_and_hypervisor(workspace, manifest, &images.defines())
+/// How images are signed, and which images the hypervisor build accepts.
+pub enum Signing {
+    /// Images are signed with this key pair, and the hypervisor embeds its public key.
+    Key(KeyPair),
+    /// Development mode: images are unsigned and the hypervisor, built without a key, accepts them
+    /// (and says so loudly at boot).
+    UnsignedDev,
 }
 
-/// Writes target/keel/<manifest-stem>.dmfs and builds the hypervisor around it; returns the ELF's path.
+impl Signing {
+    /// The cache's key pair (made and announced when missing), or the development mode.
+    pub fn choose(workspace: &Workspace, unsigned_dev: bool) -> Result<Signing> {
+        if unsigned_dev {
+            shell::step(
+                "development mode (--unsigned-dev): the image is not signed, and this hypervisor build accepts unsigned images",
+            );
+            return Ok(Signing::UnsignedDev);
+        }
+        let pair = keys::ensure(&keys::key_dir(&workspace.cache)?)?;
+        Ok(Signing::Key(pair))
+    }
+
+    fn secret_key(&self) -> Option<&[u8; mkdmfs::KEY_FILE_LEN]> {
+        match self {
+            Signing::Key(pair) => Some(&pair.secret),
+            Signing::UnsignedDev => None,
+        }
+    }
+}
+
+/// Writes target/keel/<manifest-stem>.dmfs signed with the cache's key and builds the hypervisor
+/// around it; returns the ELF's path.
 pub fn build_dmfs_and_hypervisor(
     workspace: &Workspace,
     manifest: &Path,
     defines: &[(String, String)],
 ) -> Result<PathBuf> {
-    let image = build_dmfs(workspace, manifest, defines)?;
-    build_hypervisor(workspace, &image)
+    let signing = Signing::choose(workspace, false)?;
+    build_dmfs_and_hypervisor_with(workspace, manifest, defines, &signing)
 }
 
+/// Like [`build_dmfs_and_hypervisor`], signing as `signing` says.
+pub fn build_dmfs_and_hypervisor_with(
+    workspace: &Workspace,
+    manifest: &Path,
+    defines: &[(String, String)],
+    signing: &Signing,
+) -> Result<PathBuf> {
+    let image = build_dmfs(workspace, manifest, defines, signing.secret_key(), "")?;
+    build_hypervisor(workspace, &image, signing)
+}
+
+/// Writes target/keel/<manifest-stem><suffix>.dmfs, signed when `secret_key` is given.
 pub fn build_dmfs(
     workspace: &Workspace,
     manifest: &Path,
     defines: &[(String, String)],
+    secret_key: Option<&[u8; mkdmfs::KEY_FILE_LEN]>,
+    suffix: &str,
 ) -> Result<PathBuf> {
     let manifest = std::path::absolute(manifest)
         .with_context(|| format!("bad manifest path {}", manifest.display()))?;
@@ -46,24 +91,31 @@ pub fn build_dmfs(
         .file_stem()
         .and_then(|stem| stem.to_str())
         .with_context(|| format!("manifest {} has no usable file name", manifest.display()))?;
-    let output = workspace.keel_dir().join(format!("{stem}.dmfs"));
+    let output = workspace.keel_dir().join(format!("{stem}{suffix}.dmfs"));
+    let signed = match secret_key {
+        Some(key) => format!(
+            "signed with key {}",
+            keel_dmfs::KeyId::of(&keel_dmfs::public_key(key))
+        ),
+        None => "unsigned".to_string(),
+    };
     shell::step(&format!(
-        "building the manifest image {} from {}",
+        "building the manifest image {} from {} ({signed})",
         output.display(),
         manifest.display()
     ));
-    let bytes = mkdmfs::build_from_manifest(&manifest, defines)
-        .with_context(|| format!("mkdmfs could not build {}", manifest.display()))?;
+    let bytes = match secret_key {
+        Some(key) => mkdmfs::build_signed_from_manifest(&manifest, defines, key),
+        None => mkdmfs::build_from_manifest(&manifest, defines),
+    }
+    .with_context(|| format!("mkdmfs could not build {}", manifest.display()))?;
     cache::write_atomically(&output, &bytes)?;
     Ok(output)
 }
 
-pub fn build_hypervisor(workspace: &Workspace, dmfs: &Path) -> Result<PathBuf> {
+/// Builds the hypervisor around `dmfs`, with the public key of `signing` or in development mode.
+pub fn build_hypervisor(workspace: &Workspace, dmfs: &Path, signing: &Signing) -> Result<PathBuf> {
     let dmfs = std::path::absolute(dmfs)?;
-    shell::step(&format!(
-        "building the hypervisor for {HYPERVISOR_TARGET} with KEEL_DMFS_IMAGE={}",
-        dmfs.display()
-    ));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -77,6 +129,25 @@ pub fn build_hypervisor(workspace: &Workspace, dmfs: &Path) -> Result<PathBuf> {
             HYPERVISOR_TARGET,
         ])
         .env("KEEL_DMFS_IMAGE", &dmfs);
+    // Set one of the two and clear the other, so nothing leaks in from the caller's environment.
+    let key = match signing {
+        Signing::Key(pair) => {
+            command
+                .env("KEEL_PUBLIC_KEY", &pair.public_path)
+                .env_remove("KEEL_ALLOW_UNSIGNED");
+            format!("KEEL_PUBLIC_KEY={}", pair.public_path.display())
+        }
+        Signing::UnsignedDev => {
+            command
+                .env("KEEL_ALLOW_UNSIGNED", "1")
+                .env_remove("KEEL_PUBLIC_KEY");
+            "KEEL_ALLOW_UNSIGNED=1".to_string()
+        }
+    };
+    shell::step(&format!(
+        "building the hypervisor for {HYPERVISOR_TARGET} with KEEL_DMFS_IMAGE={} {key}",
+        dmfs.display()
+    ));
     shell::run(command)?;
     let elf = workspace
         .target
@@ -84,6 +155,65 @@ pub fn build_hypervisor(workspace: &Workspace, dmfs: &Path) -> Result<PathBuf> {
         .join("release/keel");
     images::require_file(&elf, "the hypervisor executable")?;
     Ok(elf)
+}
+
+/// A deliberately bad image for the scenarios in which Keel must refuse to boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadImage {
+    /// Not signed at all.
+    Unsigned,
+    /// Signed, then one kernel byte flipped and the checksum recomputed: only the signature can tell.
+    Tampered,
+}
+
+/// Builds a hypervisor with the cache's public key around a `bad` image of `manifest`.
+pub fn build_hypervisor_around_bad_image(
+    workspace: &Workspace,
+    manifest: &Path,
+    defines: &[(String, String)],
+    bad: BadImage,
+) -> Result<PathBuf> {
+    let signing = Signing::choose(workspace, false)?;
+    let image = match bad {
+        BadImage::Unsigned => build_dmfs(workspace, manifest, defines, None, "-unsigned")?,
+        BadImage::Tampered => {
+            let path = build_dmfs(
+                workspace,
+                manifest,
+                defines,
+                signing.secret_key(),
+                "-tampered",
+            )?;
+            let mut bytes =
+                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let at = flip_kernel_byte(&mut bytes)?;
+            shell::step(&format!(
+                "flipped the byte at offset {at:#x} of {} after signing (checksum recomputed)",
+                path.display()
+            ));
+            cache::write_atomically(&path, &bytes)?;
+            path
+        }
+    };
+    build_hypervisor(workspace, &image, &signing)
+}
+
+/// Flips one bit in the middle of the boot capsule's kernel and recomputes the checksum, as someone
+/// altering the image on purpose would; returns the byte's offset.
+fn flip_kernel_byte(image: &mut [u8]) -> Result<usize> {
+    let parsed =
+        keel_dmfs::Image::parse(image).context("the image to tamper with does not parse")?;
+    let kernel = parsed
+        .boot_capsule()
+        .context("the image to tamper with has no boot capsule")?
+        .kernel;
+    let at = (kernel.as_ptr() as usize - image.as_ptr() as usize) + kernel.len() / 2;
+    let length = parsed.len();
+    image[at] ^= 0x01;
+    let sum = keel_dmfs::checksum(&image[..length]);
+    let field = keel_dmfs::layout::header::CHECKSUM;
+    image[field..field + 4].copy_from_slice(&sum.to_le_bytes());
+    Ok(at)
 }
 
 /// The manifest `run --kernel` boots: one boot capsule with the user's kernel, written to target/keel/.
@@ -145,6 +275,37 @@ fn path_value(path: &Path) -> Result<toml::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flipped_kernel_byte_passes_the_checksum_but_not_the_signature() {
+        let kernel = vec![0x13u8; 10_000];
+        let mut image = keel_dmfs::ImageBuilder::new()
+            .capsule(keel_dmfs::CapsuleSpec {
+                name: "boot".into(),
+                kernel: kernel.clone(),
+                memory: 64 << 20,
+                boot: true,
+                kernel_format: keel_dmfs::KernelFormat::Flat,
+                ..keel_dmfs::CapsuleSpec::default()
+            })
+            .unwrap()
+            .build()
+            .unwrap();
+        let secret = [3u8; 32];
+        keel_dmfs::sign(&mut image, &secret).unwrap();
+        let at = flip_kernel_byte(&mut image).unwrap();
+        let parsed = keel_dmfs::Image::parse(&image).expect("the checksum was recomputed");
+        let tampered_kernel = parsed.boot_capsule().unwrap().kernel;
+        let differing: Vec<usize> = (0..kernel.len())
+            .filter(|&index| tampered_kernel[index] != kernel[index])
+            .collect();
+        assert_eq!(differing, vec![kernel.len() / 2]);
+        assert_eq!(at % 4096, kernel.len() / 2 % 4096);
+        assert_eq!(
+            keel_dmfs::verify(&image, &keel_dmfs::public_key(&secret)),
+            Err(keel_dmfs::SignatureError::BadSignature)
+        );
+    }
 
     #[test]
     fn generated_manifest_has_the_kernel_and_half_the_memory() {

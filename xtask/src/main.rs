@@ -8,6 +8,7 @@ mod console;
 mod cpio;
 mod guests;
 mod images;
+mod keys;
 mod manifest;
 mod qemu;
 mod setup;
@@ -38,6 +39,8 @@ enum Command {
     Setup,
     /// Fetch and build the guest images (Debian kernel, busybox initramfs, small kernel) into the cache.
     Images,
+    /// Make the key pair that signs manifest images, in <cache>/keys (outside the repository).
+    Keygen(KeygenArgs),
     /// Build the manifest file-system image and the hypervisor that embeds it.
     Build(BuildArgs),
     /// Build everything and boot it in QEMU with the console on this terminal.
@@ -70,10 +73,20 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct KeygenArgs {
+    /// Replace an existing key pair (hypervisors built with the old public key then refuse new images).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
 struct BuildArgs {
     /// Manifest describing the capsules to bundle (default: guests/manifests/default.toml).
     #[arg(long)]
     manifest: Option<PathBuf>,
+    /// Development mode: leave the image unsigned and build a hypervisor that accepts unsigned images.
+    #[arg(long)]
+    unsigned_dev: bool,
 }
 
 #[derive(Args)]
@@ -105,6 +118,9 @@ struct RunArgs {
     /// Boot the kernel directly on the firmware, without Keel: the baseline.
     #[arg(long)]
     native: bool,
+    /// Development mode: leave the image unsigned and build a hypervisor that accepts unsigned images.
+    #[arg(long, conflicts_with = "native")]
+    unsigned_dev: bool,
 }
 
 #[derive(Args)]
@@ -180,13 +196,26 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             images.describe();
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keygen(args) => {
+            let dir = keys::key_dir(&workspace.cache)?;
+            let pair = keys::generate(&dir, args.force)?;
+            shell::step(&format!("made a new image signing key pair in {}", dir.display()));
+            keys::describe(&pair);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Build(args) => {
             setup::ensure_host_tools()?;
             let images = images::ensure(&workspace)?;
             let manifest = args
                 .manifest
                 .unwrap_or_else(|| build::default_manifest(&workspace));
-            let hypervisor = build::build_all(&workspace, &images, &manifest)?;
+            let signing = build::Signing::choose(&workspace, args.unsigned_dev)?;
+            let hypervisor = build::build_dmfs_and_hypervisor_with(
+                &workspace,
+                &manifest,
+                &images.defines(),
+                &signing,
+            )?;
             println!("==> hypervisor ready: {}", hypervisor.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -263,12 +292,18 @@ fn run(workspace: &Workspace, args: RunArgs) -> Result<ExitCode> {
     let kernel_to_load = if args.native {
         None
     } else {
+        let signing = build::Signing::choose(workspace, args.unsigned_dev)?;
         let hypervisor = match &manifest {
-            Some((images, manifest)) => build::build_all(workspace, images, manifest)?,
+            Some((images, manifest)) => build::build_dmfs_and_hypervisor_with(
+                workspace,
+                manifest,
+                &images.defines(),
+                &signing,
+            )?,
             None => {
                 let generated =
                     build::write_generated_manifest(workspace, &boot, machine.memory_mib)?;
-                build::build_dmfs_and_hypervisor(workspace, &generated, &[])?
+                build::build_dmfs_and_hypervisor_with(workspace, &generated, &[], &signing)?
             }
         };
         Some(hypervisor)

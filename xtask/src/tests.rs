@@ -85,6 +85,8 @@ struct Scenario {
     memory_mib: Option<u64>,
     /// Harts of the machine, when not the default (2).
     smp: Option<u32>,
+    /// A bad bundled image Keel must refuse, instead of one signed with the build's key.
+    bad_image: Option<build::BadImage>,
     expect: Expect,
 }
 
@@ -99,6 +101,7 @@ impl Scenario {
             cpu: None,
             memory_mib: None,
             smp: None,
+            bad_image: None,
             expect: Expect::Shell(&[]),
         }
     }
@@ -169,6 +172,18 @@ const SCENARIOS: &[Scenario] = &[
         memory_mib: Some(160),
         expect: Expect::Refusal("the boot capsule 'boot' could not be created: not enough free memory"),
         ..Scenario::new("keel-refuses-too-little-memory", Kernel::Small, true, QemuVersion::Machine)
+    },
+    // The small manifest's image signed, then one kernel byte changed (checksum fixed up): only the
+    // signature check can catch it, before anything of the image is used.
+    Scenario {
+        bad_image: Some(build::BadImage::Tampered),
+        expect: Expect::Refusal("the bundled manifest image's signature does not verify against this build's public key"),
+        ..Scenario::new("keel-refuses-tampered-image", Kernel::Small, true, QemuVersion::Machine)
+    },
+    Scenario {
+        bad_image: Some(build::BadImage::Unsigned),
+        expect: Expect::Refusal("the bundled manifest image is unsigned"),
+        ..Scenario::new("keel-refuses-unsigned-image", Kernel::Small, true, QemuVersion::Machine)
     },
 ];
 
@@ -372,6 +387,27 @@ impl<'a> ScenarioContext<'a> {
         Ok(copy)
     }
 
+    /// Keel around a bad image of a manifest, built for one scenario and copied to
+    /// target/keel/<scenario>.elf.
+    fn hypervisor_around_bad_image(
+        &mut self,
+        scenario: &str,
+        manifest: &str,
+        bad: build::BadImage,
+    ) -> Result<PathBuf> {
+        let workspace = self.workspace;
+        let defines = self.images()?.defines();
+        let manifest_path = workspace
+            .root
+            .join("guests/manifests")
+            .join(format!("{manifest}.toml"));
+        let built = build::build_hypervisor_around_bad_image(workspace, &manifest_path, &defines, bad)?;
+        let copy = workspace.keel_dir().join(format!("{scenario}.elf"));
+        fs::copy(&built, &copy)
+            .with_context(|| format!("cannot copy {} to {}", built.display(), copy.display()))?;
+        Ok(copy)
+    }
+
     fn run(&mut self, scenario: &Scenario) -> Result<String> {
         if scenario.kernel == Kernel::SbiCheck {
             return self.run_sbi_check(scenario);
@@ -393,7 +429,10 @@ impl<'a> ScenarioContext<'a> {
         // Natively the kernel gets what its capsule would get; under Keel the machine has room
         // for the hypervisor besides the capsule.
         let (payload, machine, expected_id) = if scenario.under_keel {
-            let hypervisor = self.hypervisor(manifest)?;
+            let hypervisor = match scenario.bad_image {
+                None => self.hypervisor(manifest)?,
+                Some(bad) => self.hypervisor_around_bad_image(scenario.name, manifest, bad)?,
+            };
             (
                 Payload::Hypervisor(hypervisor),
                 Machine {
@@ -713,20 +752,25 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
     }
 }
 
-/// Several capsules at once: all reach their shells; each, given console focus in turn, answers with lines
-/// tagged with its name and reports its own vCPU count; `poweroff` in the boot capsule (focused again) ends QEMU.
-fn drive_capsules(console: &mut Console, capsules: &[(&str, u32)], timeouts: &Timeouts) -> Result<String> {
-    let started = Instant::now();
-    // The capsules boot side by side, so their ready lines come in any order.
-    let mut waiting: Vec<String> = capsules.iter().map(|(name, _)| format!("[{name}] {READY}")).collect();
+/// Waits for the tagged init-ready line of every named capsule; capsules boot side by side, so in any order.
+fn wait_all_ready<'n>(console: &mut Console, names: impl Iterator<Item = &'n str>, timeout: Duration) -> Result<()> {
+    let mut waiting: Vec<String> = names.map(|name| format!("[{name}] {READY}")).collect();
     while !waiting.is_empty() {
         let line = console
-            .expect_line(&format!("one of {waiting:?}"), timeouts.boot, |line| {
+            .expect_line(&format!("one of {waiting:?}"), timeout, |line| {
                 waiting.iter().any(|ready| line.trim() == ready)
             })
             .with_context(|| format!("capsules boot to their init-ready lines; still waiting for {waiting:?}"))?;
         waiting.retain(|ready| line.trim() != ready);
     }
+    Ok(())
+}
+
+/// Several capsules at once: all reach their shells; each, given console focus in turn, answers with lines
+/// tagged with its name and reports its own vCPU count; `poweroff` in the boot capsule (focused again) ends QEMU.
+fn drive_capsules(console: &mut Console, capsules: &[(&str, u32)], timeouts: &Timeouts) -> Result<String> {
+    let started = Instant::now();
+    wait_all_ready(console, capsules.iter().map(|(name, _)| *name), timeouts.boot)?;
     let all_ready = started.elapsed();
     // Let the shells print their prompts before typing.
     std::thread::sleep(Duration::from_secs(1));
@@ -805,13 +849,7 @@ fn free_memory(lines: &[String]) -> Option<u64> {
 }
 
 fn drive_management(console: &mut Console, timeouts: &Timeouts) -> Result<String> {
-    let mut waiting: Vec<String> = ["boot", "alpha", "beta"].iter().map(|n| format!("[{n}] {READY}")).collect();
-    while !waiting.is_empty() {
-        let line = console
-            .expect_line(&format!("one of {waiting:?}"), timeouts.boot, |line| waiting.iter().any(|r| line.trim() == r))
-            .context("the three capsules boot")?;
-        waiting.retain(|ready| line.trim() != ready);
-    }
+    wait_all_ready(console, ["boot", "alpha", "beta"].into_iter(), timeouts.boot)?;
     std::thread::sleep(Duration::from_secs(1));
 
     let list = run_in(console, "boot", "keel list", timeouts.command)?;

@@ -248,7 +248,7 @@ pub enum FormatError {
         /// The scheme found.
         scheme: u32,
     },
-    /// A reserved header byte (or the signature area of an unsigned image) is not zero.
+    /// A reserved header byte (or the key id or signature area of an unsigned image) is not zero.
     ReservedHeaderByte {
         /// Offset of the byte in the header.
         offset: usize,
@@ -368,7 +368,7 @@ impl fmt::Display for FormatError {
                 "DMFS checksum mismatch: header says {stored:#010x}, contents give {computed:#010x}"
             ),
             FormatError::UnknownSignatureScheme { scheme } => {
-                write!(f, "DMFS signature scheme {scheme} is not supported; only 0 (unsigned) is")
+                write!(f, "DMFS signature scheme {scheme} is not supported; only 0 (unsigned) and 1 (Ed25519) are")
             }
             FormatError::ReservedHeaderByte { offset } => {
                 write!(f, "DMFS reserved header byte at offset {offset:#x} is not zero")

@@ -24,8 +24,14 @@ pub const MAX_CMDLINE_LEN: usize = 4096;
 pub const MAX_VCPUS: u32 = 64;
 /// Guest memory sizes are multiples of this, so RAM can be mapped with 2 MiB G-stage pages.
 pub const MEMORY_GRANULE: u64 = 2 * 1024 * 1024;
-/// `signature_scheme` value meaning "unsigned"; the only one version 1 accepts.
+/// `signature_scheme` value meaning "unsigned": the key id and the signature area are zero.
 pub const SIGNATURE_NONE: u32 = 0;
+/// `signature_scheme` value meaning "Ed25519 (RFC 8032, pure) over the signed message".
+pub const SIGNATURE_ED25519: u32 = 1;
+/// Length of an Ed25519 public key, and of the secret seed a key pair is derived from.
+pub const KEY_LEN: usize = 32;
+/// Length of the key id stored in a signed image's header: the first bytes of the public key.
+pub const KEY_ID_LEN: usize = 8;
 
 /// Header field offsets.
 pub mod header {
@@ -45,11 +51,14 @@ pub mod header {
     pub const CAPSULE_COUNT: usize = 0x20;
     /// `u32`: size of one capsule record.
     pub const RECORD_SIZE: usize = 0x24;
-    /// `u32`: signature scheme, [`super::SIGNATURE_NONE`] in version 1.
+    /// `u32`: signature scheme, [`super::SIGNATURE_NONE`] or [`super::SIGNATURE_ED25519`].
     pub const SIGNATURE_SCHEME: usize = 0x28;
-    /// 20 reserved bytes, zero.
-    pub const RESERVED: usize = 0x2c;
-    /// 64 bytes reserved for a signature over the image, zero while unsigned.
+    /// `[u8; 8]`: id of the key that signed the image (the first 8 bytes of its public key), zero
+    /// while unsigned.
+    pub const KEY_ID: usize = 0x2c;
+    /// 12 reserved bytes, zero.
+    pub const RESERVED: usize = 0x34;
+    /// 64 bytes: the Ed25519 signature over the image, zero while unsigned.
     pub const SIGNATURE: usize = 0x40;
     /// Length of the signature area.
     pub const SIGNATURE_LEN: usize = 64;

@@ -6,6 +6,10 @@
 //! successful parse nothing can fail any more. The writer ([`ImageBuilder`], feature `alloc`)
 //! applies the same rules, so whatever it produces parses. The byte layout is documented in
 //! `FORMAT.md` next to this crate's manifest and mirrored by the constants in [`layout`].
+//!
+//! Images may carry an Ed25519 signature over their whole contents. With the `ed25519` feature,
+//! [`verify`] (or [`Image::verify`]) checks it against a public key and [`sign`] makes one.
+//! The checksum stays separate: it reports accidental corruption, the signature forgery.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -17,6 +21,7 @@ mod crc;
 mod error;
 pub mod layout;
 mod parse;
+mod signature;
 #[cfg(feature = "alloc")]
 mod writer;
 
@@ -24,5 +29,8 @@ pub use capsule::{Capsule, CapsuleName, KernelFormat, RestartPolicy};
 pub use crc::{checksum, Crc32};
 pub use error::{CapsuleProblem, Field, FieldProblem, FormatError};
 pub use parse::{Capsules, Image};
+#[cfg(feature = "ed25519")]
+pub use signature::{public_key, sign, verify, SignatureError};
+pub use signature::{KeyId, SignatureScheme, SignedMessage};
 #[cfg(feature = "alloc")]
 pub use writer::{BuildError, CapsuleSpec, ImageBuilder};

@@ -9,15 +9,16 @@ use crate::capsule::{
 use crate::crc::checksum;
 use crate::error::{CapsuleProblem, Field, FieldProblem, FormatError};
 use crate::layout::{
-    flags, header, record, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_CAPSULES, PAYLOAD_ALIGNMENT,
-    RECORD_SIZE, SIGNATURE_NONE, TABLE_ALIGNMENT,
+    flags, header, record, FORMAT_VERSION, HEADER_SIZE, KEY_ID_LEN, MAGIC, MAX_CAPSULES,
+    PAYLOAD_ALIGNMENT, RECORD_SIZE, SIGNATURE_ED25519, SIGNATURE_NONE, TABLE_ALIGNMENT,
 };
+use crate::signature::{KeyId, SignatureScheme, SignedMessage};
 
 /// Reads `W` bytes at a fixed, in-bounds offset of a fixed-size array.
 ///
 /// Callers only pass offsets from [`crate::layout`], which lie inside the array, so the fallback
 /// of zeros is never observed; it exists so that no input can make this panic.
-fn bytes_at<const N: usize, const W: usize>(array: &[u8; N], offset: usize) -> [u8; W] {
+pub(crate) fn bytes_at<const N: usize, const W: usize>(array: &[u8; N], offset: usize) -> [u8; W] {
     let mut field = [0u8; W];
     if let Some(source) = offset.checked_add(W).and_then(|end| array.get(offset..end)) {
         field.copy_from_slice(source);
@@ -25,15 +26,15 @@ fn bytes_at<const N: usize, const W: usize>(array: &[u8; N], offset: usize) -> [
     field
 }
 
-fn u16_at<const N: usize>(array: &[u8; N], offset: usize) -> u16 {
+pub(crate) fn u16_at<const N: usize>(array: &[u8; N], offset: usize) -> u16 {
     u16::from_le_bytes(bytes_at(array, offset))
 }
 
-fn u32_at<const N: usize>(array: &[u8; N], offset: usize) -> u32 {
+pub(crate) fn u32_at<const N: usize>(array: &[u8; N], offset: usize) -> u32 {
     u32::from_le_bytes(bytes_at(array, offset))
 }
 
-fn u64_at<const N: usize>(array: &[u8; N], offset: usize) -> u64 {
+pub(crate) fn u64_at<const N: usize>(array: &[u8; N], offset: usize) -> u64 {
     u64::from_le_bytes(bytes_at(array, offset))
 }
 
@@ -53,6 +54,58 @@ pub struct Image<'a> {
     table_end: u64,
     count: u32,
     version: u16,
+    scheme: SignatureScheme,
+}
+
+/// Checks the parts of the header that say where the image is, and returns the header and exactly
+/// the image's bytes (without any trailing padding of `bytes`).
+///
+/// This is all that signature verification needs, so an image can be verified before the rest of
+/// it (checksum, capsule table, records) is looked at.
+pub(crate) fn frame(bytes: &[u8]) -> Result<(&[u8; HEADER_SIZE], &[u8]), FormatError> {
+    // Look at the magic and version before insisting on a full header, so that a short foreign
+    // file is reported as foreign rather than as truncated.
+    if let Some(found) = bytes.get(..MAGIC.len()) {
+        if found != MAGIC {
+            let mut magic = [0u8; 8];
+            magic.copy_from_slice(found);
+            return Err(FormatError::BadMagic { found: magic });
+        }
+    }
+    if let Some(&[low, high]) = bytes.get(header::VERSION..header::VERSION + 2) {
+        let found = u16::from_le_bytes([low, high]);
+        if found != FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion { found });
+        }
+    }
+    let head: &[u8; HEADER_SIZE] = bytes
+        .get(..HEADER_SIZE)
+        .and_then(|head| head.try_into().ok())
+        .ok_or(FormatError::Truncated {
+            length: bytes.len(),
+        })?;
+
+    let header_size = u16_at(head, header::HEADER_SIZE);
+    if usize::from(header_size) != HEADER_SIZE {
+        return Err(FormatError::BadHeaderSize { found: header_size });
+    }
+    let record_size = u32_at(head, header::RECORD_SIZE);
+    if usize::try_from(record_size).ok() != Some(RECORD_SIZE) {
+        return Err(FormatError::BadRecordSize { found: record_size });
+    }
+
+    let image_length = u64_at(head, header::IMAGE_LENGTH);
+    if image_length < to_u64(HEADER_SIZE) {
+        return Err(FormatError::ImageLengthTooSmall { image_length });
+    }
+    let image = usize::try_from(image_length)
+        .ok()
+        .and_then(|length| bytes.get(..length))
+        .ok_or(FormatError::ImageTruncated {
+            image_length,
+            available: bytes.len(),
+        })?;
+    Ok((head, image))
 }
 
 impl<'a> Image<'a> {
@@ -60,50 +113,11 @@ impl<'a> Image<'a> {
     ///
     /// `bytes` may be longer than the image (for example rounded up to whole pages); the extra
     /// bytes are ignored. Every rule in `FORMAT.md` is checked here, so the accessors cannot fail.
+    /// The signature is not: that needs a public key (`verify`, feature `ed25519`), and should be
+    /// done first when the image comes from anywhere untrusted.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
-        // Look at the magic and version before insisting on a full header, so that a short foreign
-        // file is reported as foreign rather than as truncated.
-        if let Some(found) = bytes.get(..MAGIC.len()) {
-            if found != MAGIC {
-                let mut magic = [0u8; 8];
-                magic.copy_from_slice(found);
-                return Err(FormatError::BadMagic { found: magic });
-            }
-        }
-        if let Some(&[low, high]) = bytes.get(header::VERSION..header::VERSION + 2) {
-            let found = u16::from_le_bytes([low, high]);
-            if found != FORMAT_VERSION {
-                return Err(FormatError::UnsupportedVersion { found });
-            }
-        }
-        let head: &[u8; HEADER_SIZE] = bytes
-            .get(..HEADER_SIZE)
-            .and_then(|head| head.try_into().ok())
-            .ok_or(FormatError::Truncated {
-                length: bytes.len(),
-            })?;
-
-        let header_size = u16_at(head, header::HEADER_SIZE);
-        if usize::from(header_size) != HEADER_SIZE {
-            return Err(FormatError::BadHeaderSize { found: header_size });
-        }
-        let record_size = u32_at(head, header::RECORD_SIZE);
-        if usize::try_from(record_size).ok() != Some(RECORD_SIZE) {
-            return Err(FormatError::BadRecordSize { found: record_size });
-        }
-
-        let image_length = u64_at(head, header::IMAGE_LENGTH);
-        if image_length < to_u64(HEADER_SIZE) {
-            return Err(FormatError::ImageLengthTooSmall { image_length });
-        }
-        let truncated = FormatError::ImageTruncated {
-            image_length,
-            available: bytes.len(),
-        };
-        let bytes = usize::try_from(image_length)
-            .ok()
-            .and_then(|length| bytes.get(..length))
-            .ok_or(truncated)?;
+        let (head, bytes) = frame(bytes)?;
+        let image_length = to_u64(bytes.len());
 
         let stored = u32_at(head, header::CHECKSUM);
         let computed = checksum(bytes);
@@ -111,15 +125,21 @@ impl<'a> Image<'a> {
             return Err(FormatError::ChecksumMismatch { stored, computed });
         }
 
-        let scheme = u32_at(head, header::SIGNATURE_SCHEME);
-        if scheme != SIGNATURE_NONE {
-            return Err(FormatError::UnknownSignatureScheme { scheme });
-        }
-        // Reserved bytes and the unused signature area run contiguously to the end of the header.
-        let reserved = head.get(header::RESERVED..).unwrap_or_default();
-        if let Some(position) = reserved.iter().position(|&byte| byte != 0) {
+        // Reserved bytes are zero whatever the scheme. An unsigned image also has a zero key id and
+        // signature area, so that "unsigned" has exactly one encoding.
+        let signature_scheme = u32_at(head, header::SIGNATURE_SCHEME);
+        let (scheme, must_be_zero) = match signature_scheme {
+            SIGNATURE_NONE => (SignatureScheme::Unsigned, header::KEY_ID..HEADER_SIZE),
+            SIGNATURE_ED25519 => (
+                SignatureScheme::Ed25519,
+                header::RESERVED..header::SIGNATURE,
+            ),
+            scheme => return Err(FormatError::UnknownSignatureScheme { scheme }),
+        };
+        let zeros = head.get(must_be_zero.clone()).unwrap_or_default();
+        if let Some(position) = zeros.iter().position(|&byte| byte != 0) {
             return Err(FormatError::ReservedHeaderByte {
-                offset: header::RESERVED + position,
+                offset: must_be_zero.start + position,
             });
         }
 
@@ -161,6 +181,7 @@ impl<'a> Image<'a> {
             table_end,
             count,
             version: FORMAT_VERSION,
+            scheme,
         };
         image.check_capsules()?;
         Ok(image)
@@ -212,6 +233,45 @@ impl<'a> Image<'a> {
     /// The image's bytes, without any trailing padding of the buffer it was parsed from.
     pub fn as_bytes(&self) -> &'a [u8] {
         self.bytes
+    }
+
+    /// How the image is signed.
+    pub fn signature_scheme(&self) -> SignatureScheme {
+        self.scheme
+    }
+
+    /// The id of the key that signed the image, or `None` when it is unsigned.
+    pub fn key_id(&self) -> Option<KeyId> {
+        let head = self.header();
+        match self.scheme {
+            SignatureScheme::Unsigned => None,
+            SignatureScheme::Ed25519 => Some(KeyId(bytes_at::<HEADER_SIZE, KEY_ID_LEN>(
+                head,
+                header::KEY_ID,
+            ))),
+        }
+    }
+
+    /// The signature stored in the header, or `None` when the image is unsigned.
+    pub fn signature(&self) -> Option<[u8; header::SIGNATURE_LEN]> {
+        match self.scheme {
+            SignatureScheme::Unsigned => None,
+            SignatureScheme::Ed25519 => Some(bytes_at(self.header(), header::SIGNATURE)),
+        }
+    }
+
+    /// The bytes a signature covers: the whole image with the signature area read as zeros.
+    pub fn signed_message(&self) -> SignedMessage<'a> {
+        SignedMessage::of(self.bytes)
+    }
+
+    /// The header; `parse` made sure the image holds one.
+    fn header(&self) -> &'a [u8; HEADER_SIZE] {
+        const EMPTY: [u8; HEADER_SIZE] = [0; HEADER_SIZE];
+        self.bytes
+            .get(..HEADER_SIZE)
+            .and_then(|head| head.try_into().ok())
+            .unwrap_or(&EMPTY)
     }
 
     /// Number of capsules in the image.
@@ -378,6 +438,7 @@ impl fmt::Debug for Image<'_> {
             .field("version", &self.version)
             .field("len", &self.bytes.len())
             .field("capsule_count", &self.count)
+            .field("signature_scheme", &self.scheme)
             .finish()
     }
 }

@@ -293,8 +293,15 @@ fn rejects_bad_header_fields() {
         Err(FormatError::BadRecordSize { found: 128 })
     );
     assert_eq!(
-        corrupt(|i| set_u32(i, header::SIGNATURE_SCHEME, 1)),
-        Err(FormatError::UnknownSignatureScheme { scheme: 1 })
+        corrupt(|i| set_u32(i, header::SIGNATURE_SCHEME, 2)),
+        Err(FormatError::UnknownSignatureScheme { scheme: 2 })
+    );
+    // An unsigned image has no key id.
+    assert_eq!(
+        corrupt(|i| i[header::KEY_ID + 2] = 1),
+        Err(FormatError::ReservedHeaderByte {
+            offset: header::KEY_ID + 2
+        })
     );
     assert_eq!(
         corrupt(|i| i[header::RESERVED + 3] = 1),
@@ -845,7 +852,7 @@ fn random_headers_never_panic() {
         set_u32(&mut bytes, header::RECORD_SIZE, RECORD_SIZE as u32);
         set_u64(&mut bytes, header::IMAGE_LENGTH, length as u64);
         set_u32(&mut bytes, header::SIGNATURE_SCHEME, 0);
-        bytes[header::RESERVED..HEADER_SIZE].fill(0);
+        bytes[header::KEY_ID..HEADER_SIZE].fill(0);
         set_u64(&mut bytes, header::TABLE_OFFSET, HEADER_SIZE as u64);
         set_u32(&mut bytes, header::CAPSULE_COUNT, random.below(4) as u32);
         reseal(&mut bytes);

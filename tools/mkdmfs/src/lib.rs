@@ -18,6 +18,9 @@
 //! ```
 //!
 //! Relative paths are relative to the folder holding the manifest.
+//!
+//! An image can be signed with an Ed25519 key pair ([`Built::sign`], `mkdmfs --sign-key FILE`):
+//! key files hold the 32 raw bytes of a secret seed or of a public key ([`read_key_file`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,7 +30,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use keel_dmfs::{
-    BuildError, CapsuleProblem, CapsuleSpec, ImageBuilder, KernelFormat, RestartPolicy,
+    BuildError, CapsuleProblem, CapsuleSpec, FormatError, ImageBuilder, KernelFormat, KeyId,
+    RestartPolicy,
 };
 use keel_linux_boot::{ImageError, KernelKind, PlacementError};
 use serde::Deserialize;
@@ -223,6 +227,51 @@ pub enum ManifestError {
     /// The image writer refused the result.
     #[error("cannot build the image: {0}")]
     Build(BuildError),
+    /// The built image could not be signed.
+    #[error("cannot sign the image: {0}")]
+    Sign(FormatError),
+}
+
+/// Length of an Ed25519 key file: the secret seed, or the public key.
+pub const KEY_FILE_LEN: usize = keel_dmfs::layout::KEY_LEN;
+
+/// Why a key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The file could not be read.
+    #[error("cannot read key file {}: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        error: io::Error,
+    },
+    /// The file does not hold exactly one key.
+    #[error(
+        "key file {} is {length} bytes long; a key file holds exactly {KEY_FILE_LEN} raw bytes",
+        path.display()
+    )]
+    BadLength {
+        /// The file.
+        path: PathBuf,
+        /// Its length in bytes.
+        length: usize,
+    },
+}
+
+/// Reads a key file: exactly [`KEY_FILE_LEN`] raw bytes, a secret seed or a public key.
+pub fn read_key_file(path: &Path) -> Result<[u8; KEY_FILE_LEN], KeyFileError> {
+    let bytes = fs::read(path).map_err(|error| KeyFileError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeyFileError::BadLength {
+            path: path.to_owned(),
+            length: bytes.len(),
+        })
 }
 
 /// A byte count in the largest binary unit it reaches: exact (`256 MiB`) when that unit divides
@@ -323,6 +372,14 @@ pub struct Built {
     pub image: Vec<u8>,
     /// One summary per capsule, in manifest order.
     pub capsules: Vec<CapsuleSummary>,
+}
+
+impl Built {
+    /// Signs the image with the key pair whose secret seed is `secret_key`; returns the key's id.
+    pub fn sign(&mut self, secret_key: &[u8; KEY_FILE_LEN]) -> Result<KeyId, ManifestError> {
+        keel_dmfs::sign(&mut self.image, secret_key).map_err(ManifestError::Sign)?;
+        Ok(KeyId::of(&keel_dmfs::public_key(secret_key)))
+    }
 }
 
 /// Parses manifest text. Only TOML syntax, key names and value types are checked here.
@@ -658,6 +715,20 @@ pub fn build_from_manifest(
 ) -> anyhow::Result<Vec<u8>> {
     let defines: Defines = defines.iter().cloned().collect();
     build(manifest_path, &defines).map(|built| built.image)
+}
+
+/// Like [`build_from_manifest`], then signs the image with the secret seed `secret_key`.
+pub fn build_signed_from_manifest(
+    manifest_path: &Path,
+    defines: &[(String, String)],
+    secret_key: &[u8; KEY_FILE_LEN],
+) -> anyhow::Result<Vec<u8>> {
+    let defines: Defines = defines.iter().cloned().collect();
+    let mut built = build(manifest_path, &defines)?;
+    built
+        .sign(secret_key)
+        .with_context(|| format!("in manifest {}", manifest_path.display()))?;
+    Ok(built.image)
 }
 
 #[cfg(test)]

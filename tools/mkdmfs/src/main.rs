@@ -21,6 +21,10 @@ struct Arguments {
     /// Value for ${NAME} in manifest paths; may be repeated.
     #[arg(long = "define", value_name = "NAME=VALUE", value_parser = mkdmfs::parse_define)]
     defines: Vec<(String, String)>,
+    /// Sign the image with this Ed25519 secret key (32 raw bytes, as `cargo xtask keygen` writes
+    /// it); without it the image is unsigned.
+    #[arg(long, value_name = "FILE")]
+    sign_key: Option<PathBuf>,
 }
 
 /// Writes through a temporary file in the same folder so a failed run never leaves a partial image.
@@ -37,13 +41,24 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 fn run(arguments: Arguments) -> anyhow::Result<()> {
     // Later definitions of the same name win, as with most command-line tools.
     let defines: Defines = arguments.defines.into_iter().collect();
-    let built = mkdmfs::build(&arguments.manifest, &defines)?;
+    // Read the key before building, so a bad key path fails fast.
+    let secret_key = arguments
+        .sign_key
+        .as_deref()
+        .map(mkdmfs::read_key_file)
+        .transpose()?;
+    let mut built = mkdmfs::build(&arguments.manifest, &defines)?;
+    let key_id = secret_key.map(|key| built.sign(&key)).transpose()?;
     write_atomically(&arguments.output, &built.image)?;
     for capsule in &built.capsules {
         println!("{capsule}");
     }
+    let signed = match key_id {
+        Some(id) => format!("signed with key {id}"),
+        None => "unsigned".to_owned(),
+    };
     println!(
-        "wrote {} ({} bytes)",
+        "wrote {} ({} bytes, {signed})",
         arguments.output.display(),
         built.image.len()
     );

@@ -519,3 +519,113 @@ fn command_line_tool_writes_image_and_summaries() {
     assert!(!malformed.status.success());
     assert_contains(&String::from_utf8_lossy(&malformed.stderr), &["NAME=VALUE"]);
 }
+
+const SECRET_KEY: [u8; 32] = [7; 32];
+
+#[test]
+fn signed_build_verifies_with_the_matching_public_key_only() {
+    let (_dir, manifest) =
+        setup("[[capsule]]\nname = \"boot\"\nkernel = \"boot/Image\"\nmemory = \"64M\"\nboot = true\n");
+    let public = keel_dmfs::public_key(&SECRET_KEY);
+    let signed = mkdmfs::build_signed_from_manifest(&manifest, &[], &SECRET_KEY).unwrap();
+    assert_eq!(keel_dmfs::verify(&signed, &public), Ok(()));
+    let image = Image::parse(&signed).unwrap();
+    assert_eq!(image.key_id(), Some(keel_dmfs::KeyId::of(&public)));
+
+    let other = keel_dmfs::public_key(&[8; 32]);
+    assert!(matches!(
+        keel_dmfs::verify(&signed, &other),
+        Err(keel_dmfs::SignatureError::WrongKey { .. })
+    ));
+
+    let unsigned = mkdmfs::build_from_manifest(&manifest, &[]).unwrap();
+    assert_eq!(
+        keel_dmfs::verify(&unsigned, &public),
+        Err(keel_dmfs::SignatureError::Unsigned)
+    );
+    // Only the header differs between the signed and the unsigned image.
+    assert_eq!(signed.len(), unsigned.len());
+    assert_eq!(signed[128..], unsigned[128..]);
+
+    let mut tampered = signed.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x80;
+    assert_eq!(
+        keel_dmfs::verify(&tampered, &public),
+        Err(keel_dmfs::SignatureError::BadSignature)
+    );
+}
+
+#[test]
+fn key_files_must_hold_exactly_one_key() {
+    let dir = TempDir::new();
+    let good = dir.write("good.secret", &SECRET_KEY);
+    assert_eq!(mkdmfs::read_key_file(&good).unwrap(), SECRET_KEY);
+
+    let short = dir.write("short.secret", &[1; 31]);
+    let message = mkdmfs::read_key_file(&short).unwrap_err().to_string();
+    assert_contains(
+        &message,
+        &["short.secret", "is 31 bytes long", "exactly 32 raw bytes"],
+    );
+    let message = mkdmfs::read_key_file(&dir.path().join("absent.secret"))
+        .unwrap_err()
+        .to_string();
+    assert_contains(&message, &["cannot read key file", "absent.secret"]);
+}
+
+#[test]
+fn command_line_tool_signs_with_sign_key() {
+    let (dir, manifest) =
+        setup("[[capsule]]\nname = \"boot\"\nkernel = \"boot/Image\"\nmemory = \"64M\"\nboot = true\n");
+    let key = dir.write("keel-signing.secret", &SECRET_KEY);
+    let public = keel_dmfs::public_key(&SECRET_KEY);
+    let run = |sign_key: Option<&Path>, output: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mkdmfs"));
+        command
+            .arg("--manifest")
+            .arg(&manifest)
+            .arg("--output")
+            .arg(output);
+        if let Some(key) = sign_key {
+            command.arg("--sign-key").arg(key);
+        }
+        command.output().unwrap()
+    };
+
+    let signed_path = dir.path().join("signed.dmfs");
+    let signed = run(Some(&key), &signed_path);
+    assert!(
+        signed.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let id = keel_dmfs::KeyId::of(&public).to_string();
+    assert_contains(
+        &String::from_utf8_lossy(&signed.stdout),
+        &["wrote", &format!("signed with key {id}")],
+    );
+    assert_eq!(
+        keel_dmfs::verify(&fs::read(&signed_path).unwrap(), &public),
+        Ok(())
+    );
+
+    let unsigned_path = dir.path().join("unsigned.dmfs");
+    let unsigned = run(None, &unsigned_path);
+    assert!(unsigned.status.success());
+    assert_contains(&String::from_utf8_lossy(&unsigned.stdout), &["unsigned)"]);
+    assert_eq!(
+        keel_dmfs::verify(&fs::read(&unsigned_path).unwrap(), &public),
+        Err(keel_dmfs::SignatureError::Unsigned)
+    );
+
+    let bad_key = dir.write("bad.secret", b"not a key");
+    let never = dir.path().join("never.dmfs");
+    let refused = run(Some(&bad_key), &never);
+    assert!(!refused.status.success());
+    assert_contains(
+        &String::from_utf8_lossy(&refused.stderr),
+        &["mkdmfs:", "bad.secret", "is 9 bytes long"],
+    );
+    assert!(!never.exists());
+}

@@ -1,0 +1,311 @@
+//! Image signatures: what an Ed25519 signature covers, and (feature `ed25519`) making and checking one.
+//!
+//! The signed message is the whole image, `[0, image_length)`, with the 64-byte signature area read
+//! as zeros. The checksum and the key id lie outside that area, so the signature covers them too.
+
+use core::fmt;
+
+use crate::layout::{header, HEADER_SIZE, KEY_ID_LEN, KEY_LEN};
+
+#[cfg(feature = "ed25519")]
+use crate::{
+    crc::checksum,
+    error::FormatError,
+    layout::{SIGNATURE_ED25519, SIGNATURE_NONE},
+    parse::{bytes_at, frame, u32_at, Image},
+};
+
+/// How an image is signed: the header's `signature_scheme`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SignatureScheme {
+    /// Scheme 0: no key id and no signature.
+    Unsigned,
+    /// Scheme 1: Ed25519 (RFC 8032, the plain variant) over the signed message.
+    Ed25519,
+}
+
+impl fmt::Display for SignatureScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unsigned => "unsigned",
+            Self::Ed25519 => "Ed25519",
+        })
+    }
+}
+
+/// Names the key that signed an image: the first eight bytes of its Ed25519 public key.
+///
+/// It lets a verifier tell "signed with another key" apart from "altered after signing". It proves
+/// nothing on its own; the signature does.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; KEY_ID_LEN]);
+
+impl KeyId {
+    /// The id of `public_key`.
+    pub fn of(public_key: &[u8; KEY_LEN]) -> KeyId {
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(public_key.get(..KEY_ID_LEN).unwrap_or(&[0; KEY_ID_LEN]));
+        KeyId(id)
+    }
+}
+
+impl fmt::Display for KeyId {
+    /// Lower-case hex, the way `xxd -p` shows the start of the public key file.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// The signature area as the signed message reads it.
+static ZERO_SIGNATURE: [u8; header::SIGNATURE_LEN] = [0; header::SIGNATURE_LEN];
+
+/// The message a signature covers: the image with its signature area read as zeros.
+///
+/// It is held as the bytes before and after the signature area, so that an image can be verified
+/// where it lies (read-only, possibly very large) without being copied.
+#[derive(Clone, Copy)]
+pub struct SignedMessage<'a> {
+    before: &'a [u8],
+    after: &'a [u8],
+}
+
+impl<'a> SignedMessage<'a> {
+    /// The message of `image`, which is exactly an image (its declared length) of at least a header.
+    pub(crate) fn of(image: &'a [u8]) -> Self {
+        const _: () = assert!(header::SIGNATURE + header::SIGNATURE_LEN == HEADER_SIZE);
+        Self {
+            before: image.get(..header::SIGNATURE).unwrap_or_default(),
+            after: image.get(HEADER_SIZE..).unwrap_or_default(),
+        }
+    }
+
+    /// The message in order: the header up to the signature area, 64 zeros, the rest of the image.
+    pub fn parts(&self) -> [&'a [u8]; 3] {
+        [self.before, &ZERO_SIGNATURE, self.after]
+    }
+
+    /// Length of the message in bytes: the image length.
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "the message always holds at least the header"
+    )]
+    pub fn len(&self) -> usize {
+        self.before.len() + ZERO_SIGNATURE.len() + self.after.len()
+    }
+
+    /// The message as one buffer.
+    #[cfg(feature = "alloc")]
+    pub fn to_vec(&self) -> alloc::vec::Vec<u8> {
+        self.parts().concat()
+    }
+}
+
+impl fmt::Debug for SignedMessage<'_> {
+    /// Shows the length, not the (possibly very large) contents.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedMessage")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Why an image's signature was not accepted.
+#[cfg(feature = "ed25519")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureError {
+    /// The header cannot be read (not an image, truncated, unknown signature scheme), so there is
+    /// nothing to verify.
+    Format(FormatError),
+    /// The image carries no signature (signature scheme 0).
+    Unsigned,
+    /// The image was signed with another key than the one it is checked against.
+    WrongKey {
+        /// The id stored in the image.
+        image: KeyId,
+        /// The id of the key it was checked against.
+        expected: KeyId,
+    },
+    /// The signature does not match the contents: the image was altered after it was signed, or the
+    /// signature itself is damaged.
+    BadSignature,
+    /// The key to check against is not a usable Ed25519 public key.
+    BadPublicKey,
+}
+
+#[cfg(feature = "ed25519")]
+impl fmt::Display for SignatureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Format(error) => write!(f, "{error}"),
+            Self::Unsigned => f.write_str("DMFS image is unsigned (signature scheme 0)"),
+            Self::WrongKey { image, expected } => write!(
+                f,
+                "DMFS image was signed with key {image}, not with the expected key {expected}"
+            ),
+            Self::BadSignature => f.write_str(
+                "DMFS image signature does not verify: the image was altered after it was signed, or the signature is damaged",
+            ),
+            Self::BadPublicKey => {
+                f.write_str("the public key to verify with is not a valid Ed25519 public key")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "ed25519")]
+impl core::error::Error for SignatureError {}
+
+/// Checks that `image` is signed with the secret key belonging to `public_key`.
+///
+/// Only the header fields that locate the image are read before the signature is checked, so this
+/// can run before [`Image::parse`] looks at anything else. `image` may be followed by padding.
+#[cfg(feature = "ed25519")]
+pub fn verify(image: &[u8], public_key: &[u8; KEY_LEN]) -> Result<(), SignatureError> {
+    use ed25519_dalek::{Signature, VerifyingKey};
+
+    let (head, image) = frame(image).map_err(SignatureError::Format)?;
+    match u32_at(head, header::SIGNATURE_SCHEME) {
+        SIGNATURE_NONE => return Err(SignatureError::Unsigned),
+        SIGNATURE_ED25519 => {}
+        scheme => {
+            return Err(SignatureError::Format(
+                FormatError::UnknownSignatureScheme { scheme },
+            ))
+        }
+    }
+    let verifying_key =
+        VerifyingKey::from_bytes(public_key).map_err(|_| SignatureError::BadPublicKey)?;
+    // A small-order key accepts signatures that took no secret to make.
+    if verifying_key.is_weak() {
+        return Err(SignatureError::BadPublicKey);
+    }
+    let expected = KeyId::of(public_key);
+    let found = KeyId(bytes_at(head, header::KEY_ID));
+    if found != expected {
+        return Err(SignatureError::WrongKey {
+            image: found,
+            expected,
+        });
+    }
+    let signature = Signature::from_bytes(&bytes_at(head, header::SIGNATURE));
+    // The streaming verifier hashes the message piece by piece, so the signature area can be fed
+    // as zeros without copying the image.
+    let mut verifier = verifying_key
+        .verify_stream(&signature)
+        .map_err(|_| SignatureError::BadSignature)?;
+    for part in SignedMessage::of(image).parts() {
+        verifier.update(part);
+    }
+    verifier
+        .finalize_and_verify()
+        .map_err(|_| SignatureError::BadSignature)
+}
+
+#[cfg(feature = "ed25519")]
+impl Image<'_> {
+    /// Checks that the image is signed with the secret key belonging to `public_key`.
+    pub fn verify(&self, public_key: &[u8; KEY_LEN]) -> Result<(), SignatureError> {
+        verify(self.as_bytes(), public_key)
+    }
+}
+
+/// The Ed25519 public key of the key pair whose secret seed is `secret_key`.
+#[cfg(feature = "ed25519")]
+pub fn public_key(secret_key: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    ed25519_dalek::SigningKey::from_bytes(secret_key)
+        .verifying_key()
+        .to_bytes()
+}
+
+/// Signs `image` in place with the key pair whose secret seed is `secret_key`.
+///
+/// The image must parse; an image that is already signed is signed afresh. The header gets
+/// signature scheme 1 and the key id, the checksum is recomputed (it covers the key id), and the
+/// signature goes last because it covers everything else. Bytes of `image` past the declared
+/// image length are left alone.
+#[cfg(feature = "ed25519")]
+pub fn sign(image: &mut [u8], secret_key: &[u8; KEY_LEN]) -> Result<(), FormatError> {
+    use ed25519_dalek::{Signer as _, SigningKey};
+
+    let length = Image::parse(image)?.len();
+    let Some(image) = image.get_mut(..length) else {
+        // `parse` checked that the buffer holds `length` bytes.
+        return Err(FormatError::ImageTruncated {
+            image_length: length as u64,
+            available: image.len(),
+        });
+    };
+    let signing_key = SigningKey::from_bytes(secret_key);
+    let key_id = KeyId::of(&signing_key.verifying_key().to_bytes());
+
+    put(
+        image,
+        header::SIGNATURE_SCHEME,
+        &SIGNATURE_ED25519.to_le_bytes(),
+    );
+    put(image, header::KEY_ID, &key_id.0);
+    put(image, header::SIGNATURE, &ZERO_SIGNATURE);
+    let sum = checksum(image);
+    put(image, header::CHECKSUM, &sum.to_le_bytes());
+    // The signature area is zero now, so the buffer is exactly the signed message.
+    let signature = signing_key.sign(image);
+    put(image, header::SIGNATURE, &signature.to_bytes());
+    Ok(())
+}
+
+/// Copies `bytes` into the header of a parsed image, at a fixed offset from the layout.
+#[cfg(feature = "ed25519")]
+fn put(image: &mut [u8], offset: usize, bytes: &[u8]) {
+    if let Some(target) = offset
+        .checked_add(bytes.len())
+        .and_then(|end| image.get_mut(offset..end))
+    {
+        target.copy_from_slice(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_id_is_the_start_of_the_public_key() {
+        let mut key = [0u8; KEY_LEN];
+        for (index, byte) in key.iter_mut().enumerate() {
+            *byte = (index as u8).wrapping_mul(17);
+        }
+        let id = KeyId::of(&key);
+        assert_eq!(id.0, [0, 17, 34, 51, 68, 85, 102, 119]);
+        assert_eq!(id.to_string(), "0011223344556677");
+        assert_eq!(format!("{id:?}"), "KeyId(0011223344556677)");
+    }
+
+    #[test]
+    fn signed_message_blanks_the_signature_area() {
+        let mut image = [0xabu8; 300];
+        image[header::SIGNATURE..HEADER_SIZE].fill(0x11);
+        let message = SignedMessage::of(&image);
+        assert_eq!(message.len(), 300);
+        let [before, zeros, after] = message.parts();
+        assert_eq!(before, &image[..header::SIGNATURE]);
+        assert!(zeros.iter().all(|&byte| byte == 0));
+        assert_eq!(zeros.len(), header::SIGNATURE_LEN);
+        assert_eq!(after, &image[HEADER_SIZE..]);
+        assert_eq!(format!("{message:?}"), "SignedMessage { len: 300 }");
+    }
+
+    #[test]
+    fn scheme_names() {
+        assert_eq!(SignatureScheme::Unsigned.to_string(), "unsigned");
+        assert_eq!(SignatureScheme::Ed25519.to_string(), "Ed25519");
+    }
+}

@@ -1,0 +1,333 @@
+//! Signing and verifying images: round trips, tampering, the wrong key, unsigned images.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use keel_dmfs::layout::{header, HEADER_SIZE, KEY_LEN, SIGNATURE_ED25519};
+use keel_dmfs::{
+    checksum, public_key, sign, verify, CapsuleSpec, FormatError, Image, ImageBuilder, KeyId,
+    SignatureError, SignatureScheme,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// RFC 8032, section 7.1, test 1: a known secret seed and its public key.
+const RFC_SECRET: [u8; KEY_LEN] = [
+    0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4,
+    0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60,
+];
+const RFC_PUBLIC: [u8; KEY_LEN] = [
+    0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7, 0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64, 0x07, 0x3a,
+    0x0e, 0xe1, 0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25, 0xaf, 0x02, 0x1a, 0x68, 0xf7, 0x07, 0x51, 0x1a,
+];
+const OTHER_SECRET: [u8; KEY_LEN] = [0x42; KEY_LEN];
+
+fn unsigned_image() -> Vec<u8> {
+    let kernel: Vec<u8> = (0..6000u32).map(|index| (index * 7) as u8).collect();
+    ImageBuilder::new()
+        .capsule(CapsuleSpec {
+            name: "boot".into(),
+            kernel,
+            initrd: Some(vec![0x5a; 2000]),
+            cmdline: "console=ttyS0".into(),
+            memory: 64 * MIB,
+            boot: true,
+            ..CapsuleSpec::default()
+        })
+        .and_then(|builder| builder.build())
+        .expect("a valid capsule builds")
+}
+
+fn signed_image() -> Vec<u8> {
+    let mut image = unsigned_image();
+    sign(&mut image, &RFC_SECRET).expect("a valid image can be signed");
+    image
+}
+
+/// Offset of the boot capsule's kernel within the image.
+fn kernel_offset(image: &[u8]) -> usize {
+    let parsed = Image::parse(image).unwrap();
+    let kernel = parsed.boot_capsule().unwrap().kernel;
+    kernel.as_ptr() as usize - image.as_ptr() as usize
+}
+
+fn reseal(image: &mut [u8]) {
+    let sum = checksum(image);
+    image[header::CHECKSUM..header::CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
+}
+
+#[test]
+fn public_key_matches_rfc_8032() {
+    assert_eq!(public_key(&RFC_SECRET), RFC_PUBLIC);
+}
+
+#[test]
+fn signed_image_verifies_and_still_parses() {
+    let image = signed_image();
+    assert_eq!(verify(&image, &RFC_PUBLIC), Ok(()));
+
+    let parsed = Image::parse(&image).expect("a signed image parses");
+    assert_eq!(parsed.signature_scheme(), SignatureScheme::Ed25519);
+    assert_eq!(parsed.key_id(), Some(KeyId::of(&RFC_PUBLIC)));
+    assert_eq!(parsed.verify(&RFC_PUBLIC), Ok(()));
+    assert_eq!(
+        u32::from_le_bytes(image[header::SIGNATURE_SCHEME..][..4].try_into().unwrap()),
+        SIGNATURE_ED25519
+    );
+    // Signing changes nothing but the header.
+    assert_eq!(image[HEADER_SIZE..], unsigned_image()[HEADER_SIZE..]);
+}
+
+#[test]
+fn signature_is_plain_ed25519_over_the_documented_message() {
+    let image = signed_image();
+    let parsed = Image::parse(&image).unwrap();
+    let message = parsed.signed_message().to_vec();
+    assert_eq!(message.len(), image.len());
+    assert!(message[header::SIGNATURE..HEADER_SIZE]
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(message[..header::SIGNATURE], image[..header::SIGNATURE]);
+    assert_eq!(message[HEADER_SIZE..], image[HEADER_SIZE..]);
+
+    // An independent, non-streaming check with the strictest verification the library offers.
+    let signature = Signature::from_bytes(&parsed.signature().unwrap());
+    let key = VerifyingKey::from_bytes(&RFC_PUBLIC).unwrap();
+    assert!(key.verify_strict(&message, &signature).is_ok());
+}
+
+#[test]
+fn signing_is_deterministic_and_repeatable() {
+    let once = signed_image();
+    let mut twice = once.clone();
+    sign(&mut twice, &RFC_SECRET).unwrap();
+    assert_eq!(once, twice);
+}
+
+#[test]
+fn unsigned_image_is_reported_as_unsigned() {
+    let image = unsigned_image();
+    assert_eq!(verify(&image, &RFC_PUBLIC), Err(SignatureError::Unsigned));
+    let parsed = Image::parse(&image).unwrap();
+    assert_eq!(parsed.signature_scheme(), SignatureScheme::Unsigned);
+    assert_eq!(parsed.key_id(), None);
+    assert_eq!(parsed.signature(), None);
+    assert_eq!(
+        SignatureError::Unsigned.to_string(),
+        "DMFS image is unsigned (signature scheme 0)"
+    );
+}
+
+#[test]
+fn wrong_key_is_named_with_both_ids() {
+    let image = signed_image();
+    let other_public = public_key(&OTHER_SECRET);
+    let error = verify(&image, &other_public).unwrap_err();
+    assert_eq!(
+        error,
+        SignatureError::WrongKey {
+            image: KeyId::of(&RFC_PUBLIC),
+            expected: KeyId::of(&other_public),
+        }
+    );
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "DMFS image was signed with key d75a980182b10ab7, not with the expected key {}",
+            KeyId::of(&other_public)
+        )
+    );
+}
+
+#[test]
+fn resigning_with_another_key_replaces_the_signature() {
+    let mut image = signed_image();
+    sign(&mut image, &OTHER_SECRET).unwrap();
+    assert_eq!(verify(&image, &public_key(&OTHER_SECRET)), Ok(()));
+    assert!(matches!(
+        verify(&image, &RFC_PUBLIC),
+        Err(SignatureError::WrongKey { .. })
+    ));
+}
+
+#[test]
+fn corrupted_payload_fails_both_checksum_and_signature() {
+    let mut image = signed_image();
+    let at = kernel_offset(&image) + 100;
+    image[at] ^= 0x01;
+    assert_eq!(
+        verify(&image, &RFC_PUBLIC),
+        Err(SignatureError::BadSignature)
+    );
+    assert!(matches!(
+        Image::parse(&image),
+        Err(FormatError::ChecksumMismatch { .. })
+    ));
+}
+
+#[test]
+fn forged_payload_with_a_fixed_checksum_fails_the_signature_only() {
+    let mut image = signed_image();
+    let at = kernel_offset(&image) + 100;
+    image[at] ^= 0x01;
+    reseal(&mut image);
+    // The checksum cannot tell; the signature can.
+    assert!(Image::parse(&image).is_ok());
+    let error = verify(&image, &RFC_PUBLIC).unwrap_err();
+    assert_eq!(error, SignatureError::BadSignature);
+    assert!(error.to_string().contains("altered after it was signed"));
+}
+
+#[test]
+fn every_covered_header_field_is_protected() {
+    let original = signed_image();
+    let offsets = [
+        header::VERSION + 1,
+        header::CHECKSUM,
+        header::IMAGE_LENGTH,
+        header::TABLE_OFFSET,
+        header::CAPSULE_COUNT,
+        header::RECORD_SIZE + 3,
+        header::RESERVED + 5,
+        HEADER_SIZE,
+    ];
+    for offset in offsets {
+        let mut image = original.clone();
+        image[offset] ^= 0x10;
+        assert!(
+            verify(&image, &RFC_PUBLIC).is_err(),
+            "a flip at {offset:#x} was accepted"
+        );
+    }
+    // A changed key id makes the image name another key.
+    let mut image = original.clone();
+    image[header::KEY_ID] ^= 1;
+    assert!(matches!(
+        verify(&image, &RFC_PUBLIC),
+        Err(SignatureError::WrongKey { .. })
+    ));
+}
+
+#[test]
+fn damaged_signature_is_refused() {
+    for offset in [
+        header::SIGNATURE,
+        header::SIGNATURE + 31,
+        header::SIGNATURE + 40,
+    ] {
+        let mut image = signed_image();
+        image[offset] ^= 0x04;
+        assert_eq!(
+            verify(&image, &RFC_PUBLIC),
+            Err(SignatureError::BadSignature),
+            "signature byte {offset:#x}"
+        );
+    }
+    // A scalar half that is not reduced modulo the group order is refused outright.
+    let mut image = signed_image();
+    image[header::SIGNATURE + 63] |= 0xf0;
+    assert_eq!(
+        verify(&image, &RFC_PUBLIC),
+        Err(SignatureError::BadSignature)
+    );
+}
+
+#[test]
+fn weak_public_keys_are_refused() {
+    let image = signed_image();
+    // The identity point, and a point of order 4 (y = 0).
+    let mut identity = [0u8; KEY_LEN];
+    identity[0] = 1;
+    for key in [identity, [0u8; KEY_LEN]] {
+        assert_eq!(verify(&image, &key), Err(SignatureError::BadPublicKey));
+    }
+}
+
+#[test]
+fn padding_after_the_image_is_not_signed() {
+    let mut image = signed_image();
+    image.extend_from_slice(&[0xee; 4096]);
+    assert_eq!(verify(&image, &RFC_PUBLIC), Ok(()));
+    // Signing a padded buffer leaves the padding alone.
+    let mut padded = unsigned_image();
+    padded.extend_from_slice(&[0xee; 100]);
+    sign(&mut padded, &RFC_SECRET).unwrap();
+    assert_eq!(padded[padded.len() - 100..], [0xee; 100]);
+    assert_eq!(verify(&padded, &RFC_PUBLIC), Ok(()));
+}
+
+#[test]
+fn unreadable_headers_are_format_errors() {
+    assert_eq!(
+        verify(b"not an image at all", &RFC_PUBLIC),
+        Err(SignatureError::Format(FormatError::BadMagic {
+            found: *b"not an i"
+        }))
+    );
+    let image = signed_image();
+    assert_eq!(
+        verify(&image[..100], &RFC_PUBLIC),
+        Err(SignatureError::Format(FormatError::Truncated {
+            length: 100
+        }))
+    );
+    assert!(matches!(
+        verify(&image[..image.len() - 1], &RFC_PUBLIC),
+        Err(SignatureError::Format(FormatError::ImageTruncated { .. }))
+    ));
+    let mut unknown = image.clone();
+    unknown[header::SIGNATURE_SCHEME] = 9;
+    assert_eq!(
+        verify(&unknown, &RFC_PUBLIC),
+        Err(SignatureError::Format(
+            FormatError::UnknownSignatureScheme { scheme: 9 }
+        ))
+    );
+    assert!(Image::parse(&unknown).is_err());
+}
+
+#[test]
+fn sign_refuses_what_does_not_parse() {
+    let mut garbage = vec![0u8; 4096];
+    assert!(matches!(
+        sign(&mut garbage, &RFC_SECRET),
+        Err(FormatError::BadMagic { .. })
+    ));
+    assert!(garbage.iter().all(|&byte| byte == 0), "nothing was written");
+    let mut corrupted = unsigned_image();
+    corrupted[HEADER_SIZE + 200] ^= 1;
+    assert!(matches!(
+        sign(&mut corrupted, &RFC_SECRET),
+        Err(FormatError::ChecksumMismatch { .. })
+    ));
+}
+
+#[test]
+fn signed_images_keep_reserved_bytes_zero() {
+    let mut image = signed_image();
+    image[header::RESERVED + 11] = 1;
+    reseal(&mut image);
+    assert_eq!(
+        Image::parse(&image).map(|_| ()),
+        Err(FormatError::ReservedHeaderByte {
+            offset: header::RESERVED + 11
+        })
+    );
+}
+
+#[test]
+fn random_flips_never_verify() {
+    let original = signed_image();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..200 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let position = (state % original.len() as u64) as usize;
+        let bit = (state >> 32) % 8;
+        let mut image = original.clone();
+        image[position] ^= 1 << bit;
+        assert!(
+            verify(&image, &RFC_PUBLIC).is_err(),
+            "flipping bit {bit} at {position:#x} went unnoticed"
+        );
+    }
+}
