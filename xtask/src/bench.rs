@@ -296,7 +296,7 @@ fn skipped_scale(name: &str) -> Benchmark {
     let mut benchmark = Benchmark::new(name, "several capsules at once");
     benchmark.status = Status::Skipped;
     benchmark.notes.push(
-        "skipped: running several capsules side by side is not implemented in Keel yet, so there is nothing to measure"
+        "skipped: Keel runs several capsules side by side (see the keel-trio scenarios), but this benchmark is not written yet"
             .to_string(),
     );
     benchmark
