@@ -136,18 +136,26 @@ fn log_exits(vcpu: &Vcpu) {
 /// Applies what other harts (or devices) asked of this vCPU since it last ran.
 fn apply_requests(vcpu: &mut Vcpu) {
     let shared = vcpu.shared();
-    if shared.ipi.swap(false, Ordering::AcqRel) {
+    if take_request(&shared.ipi) {
         csr::hvip::set(bits::IRQ_VS_SOFT);
     }
-    if shared.fence_i.swap(false, Ordering::AcqRel) {
+    if take_request(&shared.fence_i) {
         arch::fence_i();
     }
-    if shared.flush_vvma.swap(false, Ordering::AcqRel) {
+    if take_request(&shared.flush_vvma) {
         arch::hfence_vvma_all();
     }
-    if shared.irq_changed.swap(false, Ordering::AcqRel) {
+    if take_request(&shared.irq_changed) {
         apply_external_interrupt(vcpu);
     }
+}
+
+/// Clears a request flag and says whether it was set. This runs before every guest entry and the flags are almost
+/// always clear, so a plain load comes first: an atomic read-modify-write costs more than a load on every exit.
+/// A flag set just after the load is not lost: whoever sets it also kicks this hart, so it is taken at the next
+/// entry, as it would be had it been set just after a swap.
+fn take_request(flag: &core::sync::atomic::AtomicBool) -> bool {
+    flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::AcqRel)
 }
 
 /// Sets or clears VSEIP to the level the virtual PLIC last asked for this vCPU.
@@ -256,17 +264,31 @@ pub fn service_host_external() {
         let mut count = 0;
         while count < bytes.len() {
             let Some(byte) = console::get_byte() else { break };
-            if let Some(byte) = capsule::focus_filter(byte) {
-                bytes[count] = byte;
-                count += 1;
+            match capsule::focus_filter(byte) {
+                Some(byte) => {
+                    bytes[count] = byte;
+                    count += 1;
+                }
+                // Part of a focus escape, which may move the focus: what was typed before it belongs to the
+                // capsule that had the focus then, so it is delivered now rather than to the next capsule.
+                None => {
+                    deliver_console_input(&bytes[..count]);
+                    count = 0;
+                }
             }
         }
-        if count > 0 {
-            if let Some(target) = capsule::focused() {
-                target.console_input(&bytes[..count]);
-            }
-        }
+        deliver_console_input(&bytes[..count]);
         hostirq::complete(source);
+    }
+}
+
+/// Hands host console input to the capsule that has the focus.
+fn deliver_console_input(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    if let Some(target) = capsule::focused() {
+        target.console_input(bytes);
     }
 }
 

@@ -191,9 +191,14 @@ pub fn woken_waiting(hartid: usize) -> bool {
     })
 }
 
-/// Whether other vCPUs share this hart.
+/// Whether other vCPUs share this hart (called with one of its vCPUs switched in).
+///
+/// `LOAD` counts the running vCPU and the queued ones, so this is "the queue is not empty" without taking the
+/// queue lock, which would otherwise be taken before every guest entry. The count moves a moment before or after
+/// the queue itself; in between the answer only sets or clears `hstatus.VTW` one entry late, and a vCPU placed on
+/// this hart kicks it anyway.
 pub fn shared_hart(hartid: usize) -> bool {
-    !QUEUES[hartid].lock().is_empty()
+    LOAD[hartid].load(Ordering::Acquire) > 1
 }
 
 /// Sleeps until something may have become runnable: a timer deadline, a kick, or console input.

@@ -35,7 +35,8 @@ struct HostRegs {
     s: [u64; 12],
 }
 
-/// Why the guest stopped running: the trap CSRs at the exit.
+/// Why the guest stopped running: the trap CSRs at the exit. For an ecall from VS-mode (an SBI call) only `scause`
+/// is read; `stval`, `htval` and `htinst` are then 0.
 #[repr(C)]
 #[derive(Default, Clone, Copy, Debug)]
 pub struct ExitInfo {
@@ -265,12 +266,20 @@ keel_guest_exit:
     sd t0, {ghstatus}(a0)
     csrr t0, scause
     sd t0, ({ex}+0)(a0)
+    // An SBI call needs none of the fault registers, and every CSR access is dear under emulation.
+    li t1, {ecall_vs}
+    beq t0, t1, 1f
     csrr t0, stval
     sd t0, ({ex}+8)(a0)
     csrr t0, 0x643
     sd t0, ({ex}+16)(a0)
     csrr t0, 0x64A
     sd t0, ({ex}+24)(a0)
+    j 2f
+1:  sd zero, ({ex}+8)(a0)
+    sd zero, ({ex}+16)(a0)
+    sd zero, ({ex}+24)(a0)
+2:
     li t0, {fs}
     csrc sstatus, t0
     la t0, keel_host_trap
@@ -387,5 +396,6 @@ keel_fp_restore:
     hr = const offset_of!(Context, host),
     hs = const offset_of!(Context, host) + offset_of!(HostRegs, s),
     ex = const offset_of!(Context, exit),
+    ecall_vs = const crate::arch::cause::VIRTUAL_SUPERVISOR_ECALL,
     fs = const bits::SSTATUS_FS,
 );
