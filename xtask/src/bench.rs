@@ -1222,7 +1222,7 @@ mod tests {
         let mut scale = skipped_scale("scale");
         scale.settle_status();
         assert_eq!(scale.status, Status::Skipped);
-        assert!(scale.notes[0].contains("not implemented"));
+        assert!(scale.notes[0].contains("not written yet"));
     }
 
     /// A fake guest that answers like the busybox shell: the session measures, idles or runs the
