@@ -617,13 +617,7 @@ fn drive(
         .expect(PROMPT, timeouts.command)
         .context("shell prompt")?;
 
-    console.send_line("echo $((6*7))")?;
-    console
-        .expect_line("a line `42`", timeouts.command, |line| line.trim() == "42")
-        .context("shell arithmetic `echo $((6*7))`")?;
-    console
-        .expect(PROMPT, timeouts.command)
-        .context("prompt after arithmetic")?;
+    shell_answers(console, "echo $((6*7))", "42", "shell arithmetic `echo $((6*7))`", timeouts)?;
 
     console.send_line("dmesg | grep -i 'SBI implementation ID'")?;
     let sbi_line = console
@@ -675,6 +669,18 @@ fn drive(
     Ok(summary)
 }
 
+/// Types `command`, expects a line that is exactly `answer`, then the next prompt; errors name `step`.
+fn shell_answers(console: &mut Console, command: &str, answer: &str, step: &str, timeouts: &Timeouts) -> Result<()> {
+    console.send_line(command)?;
+    console
+        .expect_line(&format!("a line `{answer}`"), timeouts.command, |line| line.trim() == answer)
+        .with_context(|| step.to_string())?;
+    console
+        .expect(PROMPT, timeouts.command)
+        .with_context(|| format!("prompt after: {step}"))?;
+    Ok(())
+}
+
 /// One extra check, run at the shell prompt; leaves the console at a fresh prompt.
 fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result<String> {
     match extra {
@@ -703,15 +709,7 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
             console
                 .expect(PROMPT, timeouts.command)
                 .context("shell prompt after reboot")?;
-            console.send_line("echo rebooted-$((1+1))")?;
-            console
-                .expect_line("a line `rebooted-2`", timeouts.command, |line| {
-                    line.trim() == "rebooted-2"
-                })
-                .context("shell after reboot")?;
-            console
-                .expect(PROMPT, timeouts.command)
-                .context("prompt after reboot check")?;
+            shell_answers(console, "echo rebooted-$((1+1))", "rebooted-2", "shell after reboot", timeouts)?;
             Ok(format!(
                 "rebooted to a shell in {:.1} s",
                 started.elapsed().as_secs_f64()
@@ -738,15 +736,7 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
             console
                 .expect(PROMPT, timeouts.command)
                 .context("prompt after foreign access")?;
-            console.send_line("echo still-$((2*3))")?;
-            console
-                .expect_line("a line `still-6`", timeouts.command, |line| {
-                    line.trim() == "still-6"
-                })
-                .context("shell after foreign access")?;
-            console
-                .expect(PROMPT, timeouts.command)
-                .context("prompt after foreign access check")?;
+            shell_answers(console, "echo still-$((2*3))", "still-6", "shell after foreign access", timeouts)?;
             Ok("foreign access faulted only the process (SIGSEGV)".to_string())
         }
     }
