@@ -67,12 +67,15 @@ pub struct Devices {
     pub plic: Plic,
     /// Console input waiting for room in the UART's receive FIFO.
     pub input: VecDeque<u8>,
+    /// The occupied virtio-mmio slots.
+    pub virtio: Vec<crate::vdev::Slot>,
 }
 
 impl Devices {
-    fn new(vcpus: usize) -> Self {
-        Devices { uart: Uart16550::new(), plic: Plic::new(PLIC_SOURCES, vcpus), input: VecDeque::new() }
+    fn new(vcpus: usize, virtio: Vec<crate::vdev::Slot>) -> Self {
+        Devices { uart: Uart16550::new(), plic: Plic::new(PLIC_SOURCES, vcpus), input: VecDeque::new(), virtio }
     }
+
 
     /// Moves buffered input into the UART and updates its interrupt line.
     pub fn pump_input(&mut self) {
@@ -89,6 +92,9 @@ impl Devices {
     pub fn sync_irqs(&mut self) {
         let level = self.uart.irq_level();
         self.plic.set_level(UART_IRQ, level);
+        for slot in &self.virtio {
+            self.plic.set_level(slot.irq, slot.irq_level());
+        }
     }
 }
 
@@ -210,6 +216,7 @@ pub enum CreateError {
     DeviceTree(String),
     BadVcpuCount(u32),
     Map(keel_gstage::MapError),
+    Devices(String),
 }
 
 impl core::fmt::Display for CreateError {
@@ -221,6 +228,7 @@ impl core::fmt::Display for CreateError {
             CreateError::DeviceTree(error) => write!(f, "device tree could not be built: {error}"),
             CreateError::BadVcpuCount(vcpus) => write!(f, "asks for {vcpus} vCPUs; 1 to {MAX_VCPUS} are possible"),
             CreateError::Map(error) => write!(f, "G-stage mapping failed: {error}"),
+            CreateError::Devices(error) => write!(f, "devices: {error}"),
         }
     }
 }
@@ -234,6 +242,7 @@ impl Capsule {
         if definition.vcpus == 0 || definition.vcpus as usize > MAX_VCPUS {
             return Err(CreateError::BadVcpuCount(definition.vcpus));
         }
+        let virtio = crate::vdev::build(&[]).map_err(CreateError::Devices)?;
         let memory = GuestMemory::allocate(RAM_BASE, definition.memory).ok_or(CreateError::OutOfMemory("RAM"))?;
         let mut tables = HostTables;
         let mut gstage = GStage::new(&mut tables, Mode::Sv39x4).map_err(CreateError::Map)?;
@@ -253,7 +262,7 @@ impl Capsule {
             memory,
             gstage: Mutex::new(Some(gstage)),
             hgatp,
-            devices: Mutex::new(Devices::new(definition.vcpus as usize)),
+            devices: Mutex::new(Devices::new(definition.vcpus as usize, virtio)),
             vcpus,
             generation: AtomicU32::new(0),
             stopped: AtomicBool::new(false),

@@ -15,6 +15,7 @@ mod console;
 mod firmware;
 mod guest_memory;
 mod hart;
+mod hostdev;
 mod hostirq;
 mod manage;
 mod memory;
@@ -23,6 +24,7 @@ mod run;
 mod sched;
 mod stats;
 mod vcpu;
+mod vdev;
 mod verify;
 
 use alloc::{format, string::String, sync::Arc, vec::Vec};
@@ -170,6 +172,7 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
         }
     }
 
+    hostdev::init(&platform.host.virtio_mmio);
     start_capsules();
     run::init_hart();
     sched::hart_loop();

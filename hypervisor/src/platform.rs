@@ -61,6 +61,7 @@ impl Platform {
 /// Builds the device tree a capsule sees.
 pub fn guest_tree(platform: &Platform, capsule: &Capsule, initrd: Option<(u64, u64)>) -> Result<Vec<u8>, String> {
     let isa = platform.guest_isa_string();
+    let virtio = crate::vdev::tree_nodes(&capsule.devices.lock().virtio);
     let extensions: Vec<&str> = platform.guest_isa_extensions.iter().map(String::as_str).collect();
     let config = GuestTreeConfig {
         model: "Keel capsule",
@@ -80,7 +81,7 @@ pub fn guest_tree(platform: &Platform, capsule: &Capsule, initrd: Option<(u64, u
             clock_frequency: capsule::UART_CLOCK,
         },
         plic: GuestPlic { base: capsule::PLIC_BASE, size: capsule::PLIC_SIZE, ndev: capsule::PLIC_SOURCES - 1 },
-        virtio_mmio: &[],
+        virtio_mmio: &virtio,
     };
     keel_devicetree::build_guest_tree(&config).map_err(|error| format!("{error}"))
 }

@@ -17,7 +17,7 @@ use crate::arch::{self, cause, csr, csr::bits};
 use crate::capsule::{self, Capsule, RunState, Vcpu, CAPSULES};
 use crate::hart;
 use crate::sched::{self, SliceEnd};
-use crate::{console, firmware, hostirq, manage, PLATFORM};
+use crate::{console, firmware, hostirq, manage, vdev, PLATFORM};
 
 /// Sets up the hypervisor CSRs that are the same for every guest on this hart.
 pub fn init_hart() {
@@ -410,6 +410,14 @@ fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
         value as u64
     } else if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
         devices.plic.read(offset, width).map_err(|_| ())? as u64
+    } else if let Some((slot, offset)) = vdev::find(&mut devices.virtio, gpa, width) {
+        match slot.read(offset, width) {
+            Ok(value) => value as u64,
+            Err(error) => {
+                log::warn!("capsule '{}' {}: read at +{offset:#x}: {error}", capsule.name, slot.label);
+                return Err(());
+            }
+        }
     } else {
         return Err(());
     };
@@ -431,6 +439,16 @@ fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()
         devices.sync_irqs();
     } else if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
         devices.plic.write(offset, width, value as u32).map_err(|_| ())?;
+    } else if let Some((slot, offset)) = vdev::find(&mut devices.virtio, gpa, width) {
+        match slot.write(offset, width, value as u32, &capsule.memory) {
+            Ok(None) => {}
+            Ok(Some(error)) => log::warn!("capsule '{}' {}: {error}", capsule.name, slot.label),
+            Err(error) => {
+                log::warn!("capsule '{}' {}: write at +{offset:#x}: {error}", capsule.name, slot.label);
+                return Err(());
+            }
+        }
+        devices.sync_irqs();
     } else {
         return Err(());
     }
@@ -686,6 +704,9 @@ pub fn reboot_capsule(capsule: &Arc<Capsule>, caller: usize) {
         devices.uart.reset();
         devices.plic.reset();
         devices.input.clear();
+        for slot in &mut devices.virtio {
+            slot.reset();
+        }
     }
     let platform = PLATFORM.get().expect("platform known after boot");
     match capsule.load(platform) {

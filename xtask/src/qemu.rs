@@ -77,7 +77,9 @@ pub fn machine_args(machine: &Machine, payload: &Payload) -> Vec<OsString> {
         args.push("-cpu".into());
         args.push(cpu.into());
     }
-    for word in ["-nographic", "-bios", "default", "-kernel"] {
+    // An entropy device on the virtio-mmio bus: Keel feeds its capsules' virtio-rng from it, and a kernel booted
+    // natively gets the same machine.
+    for word in ["-device", "virtio-rng-device", "-nographic", "-bios", "default", "-kernel"] {
         args.push(word.into());
     }
     match payload {
@@ -374,6 +376,8 @@ mod tests {
                 "2",
                 "-m",
                 "512M",
+                "-device",
+                "virtio-rng-device",
                 "-nographic",
                 "-bios",
                 "default",
@@ -388,7 +392,7 @@ mod tests {
             append: "console=ttyS0".into(),
         };
         let native = machine_args(&machine, &Payload::Native(boot));
-        let tail: Vec<&str> = native[9..]
+        let tail: Vec<&str> = native[11..]
             .iter()
             .map(|word| word.to_str().unwrap())
             .collect();

@@ -904,7 +904,7 @@ mod tests {
             // Random bytes where headers and indirect tables may land.
             let scratch = setup.memory.allocate(4096, 16);
             let mut noise = vec![0u8; 4096];
-            random.fill(&mut noise);
+            random.fill(&mut noise).expect("the test generator never fails");
             setup.memory.put(scratch, &noise);
             for _ in 0..random.below(20) {
                 let head = random.below(u64::from(size) + 1) as u16;

@@ -79,6 +79,8 @@ pub enum RequestError {
     Backend(BackendError),
     /// An entropy request has no device-writable buffer to fill.
     NoWritableBuffer,
+    /// The hypervisor's entropy source failed.
+    EntropyUnavailable,
 }
 
 impl fmt::Display for RequestError {
@@ -111,6 +113,7 @@ impl fmt::Display for RequestError {
             RequestError::NoWritableBuffer => {
                 write!(f, "no device-writable buffer to fill")
             }
+            RequestError::EntropyUnavailable => write!(f, "the host entropy source failed"),
         }
     }
 }

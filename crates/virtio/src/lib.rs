@@ -34,7 +34,7 @@ pub use queue::{
     BufferError, Completion, Descriptor, DescriptorChain, GuestMemory, MemoryError, QueueError,
     QueueSetupError, Virtqueue,
 };
-pub use rng::{EntropySource, VirtioRng};
+pub use rng::{EntropySource, EntropyUnavailable, VirtioRng};
 
 /// Device ID of a network card (VIRTIO 1.2, section 5 "Device Types").
 pub const VIRTIO_ID_NET: u32 = 1;

@@ -21,9 +21,13 @@ const FILL_CHUNK: usize = 256;
 /// Where the device's random bytes come from (on the host, a hardware or seeded generator
 /// of the hypervisor's choosing).
 pub trait EntropySource {
-    /// Fills `buf` with random bytes.
-    fn fill(&mut self, buf: &mut [u8]);
+    /// Fills `buf` with random bytes, or fails without the caller using any of `buf`.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyUnavailable>;
 }
+
+/// The entropy source could not deliver; the request completes with what was filled before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntropyUnavailable;
 
 /// A virtio entropy device.
 #[derive(Debug)]
@@ -54,7 +58,13 @@ impl<E: EntropySource> VirtioRng<E> {
         let mut done = 0u64;
         while done < wanted {
             let len = (wanted - done).min(FILL_CHUNK as u64) as usize;
-            self.source.fill(&mut chunk[..len]);
+            if self.source.fill(&mut chunk[..len]).is_err() {
+                return Completion {
+                    // Bounded by MAX_BYTES_PER_REQUEST.
+                    written: done as u32,
+                    error: Some(RequestError::EntropyUnavailable),
+                };
+            }
             if let Err(error) = chain.write(memory, done, &chunk[..len]) {
                 return Completion {
                     // Bounded by MAX_BYTES_PER_REQUEST.
@@ -114,11 +124,12 @@ mod tests {
     struct Counter(u8);
 
     impl EntropySource for Counter {
-        fn fill(&mut self, buf: &mut [u8]) {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyUnavailable> {
             for byte in buf {
                 self.0 = self.0.wrapping_add(1);
                 *byte = self.0;
             }
+            Ok(())
         }
     }
 
@@ -185,6 +196,41 @@ mod tests {
             })
         );
         assert_eq!(queue.pop_used(&memory), Some((u32::from(head), 0)));
+    }
+
+    /// A source that fails after handing out `left` bytes.
+    struct Failing {
+        left: usize,
+    }
+
+    impl EntropySource for Failing {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyUnavailable> {
+            if buf.len() > self.left {
+                return Err(EntropyUnavailable);
+            }
+            self.left -= buf.len();
+            buf.fill(0xa5);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn failing_source_completes_with_what_was_filled() {
+        let memory = TestMemory::standard();
+        let mut transport = MmioTransport::new(VirtioRng::new(Failing { left: 256 }));
+        let mut queue = bring_up(&mut transport, &memory, VIRTIO_F_VERSION_1, 16);
+        let buffer = memory.allocate(1024, 8);
+        let head = queue.add_chain(&memory, &[Buffer::writable(buffer, 1024)]);
+        assert_eq!(
+            write_register(&mut transport, &memory, QUEUE_NOTIFY, 0),
+            Some(DeviceError::Request {
+                queue: 0,
+                head,
+                error: RequestError::EntropyUnavailable
+            })
+        );
+        assert_eq!(queue.pop_used(&memory), Some((u32::from(head), 256)));
+        assert!(memory.bytes(buffer + 256, 768).iter().all(|&byte| byte == 0));
     }
 
     #[test]

@@ -430,9 +430,10 @@ impl TestRandom {
 }
 
 impl EntropySource for TestRandom {
-    fn fill(&mut self, buf: &mut [u8]) {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), crate::EntropyUnavailable> {
         for byte in buf {
             *byte = self.next_u64() as u8;
         }
+        Ok(())
     }
 }
