@@ -84,7 +84,7 @@ pub fn init(slots: &[HostVirtio]) {
                     log::info!(
                         "host disk: virtio-blk at {:#x}, {} MiB{}",
                         slot.base,
-                        sectors * SECTOR_SIZE as u64 >> 20,
+                        (sectors * SECTOR_SIZE as u64) >> 20,
                         if driver.readonly() { ", read-only" } else { "" }
                     );
                     DISK.call_once(|| Mutex::new(HostDisk { driver, sectors }));
@@ -153,7 +153,7 @@ pub fn disk_flush() -> Result<(), DiskError> {
 
 fn check_range(disk: &HostDisk, sector: u64, len: usize) -> Result<(), DiskError> {
     let count = (len / SECTOR_SIZE) as u64;
-    if len == 0 || len % SECTOR_SIZE != 0 || sector.checked_add(count).is_none_or(|end| end > disk.sectors) {
+    if len == 0 || !len.is_multiple_of(SECTOR_SIZE) || sector.checked_add(count).is_none_or(|end| end > disk.sectors) {
         return Err(DiskError::OutOfRange);
     }
     Ok(())

@@ -64,7 +64,7 @@ impl DiskExtent {
     fn host_sector(&self, sector: u64, len: usize) -> Option<u64> {
         let count = (len / SECTOR) as u64;
         let end = sector.checked_add(count)?;
-        (len % SECTOR == 0 && end <= self.sectors).then(|| self.start + sector)
+        (len.is_multiple_of(SECTOR) && end <= self.sectors).then(|| self.start + sector)
     }
 }
 
