@@ -205,6 +205,48 @@ pub struct Capsule {
     /// Entry point of vCPU 0 and the device tree address, for (re)boots.
     pub entry: AtomicU64,
     pub fdt_addr: AtomicU64,
+    /// Bounds how fast the capsule's misdeeds can fill Keel's log.
+    pub log_limit: LogLimit,
+}
+
+/// A per-capsule budget of log lines about what the guest did wrong: a guest that repeats an illegal access in a
+/// loop must not drown the console (or every other capsule's output) in Keel's messages.
+pub struct LogLimit {
+    window_start: AtomicU64,
+    lines: AtomicU32,
+    suppressed: AtomicU32,
+}
+
+impl LogLimit {
+    /// Lines allowed per window.
+    const LINES: u32 = 20;
+
+    const fn new() -> Self {
+        LogLimit { window_start: AtomicU64::new(0), lines: AtomicU32::new(0), suppressed: AtomicU32::new(0) }
+    }
+
+    /// Whether one more line may be logged now; counts it either way. When a new window starts, reports how many
+    /// lines the last one suppressed.
+    pub fn allow(&self, capsule: &str) -> bool {
+        let now = crate::arch::csr::time::read();
+        let window = crate::PLATFORM.get().map_or(10_000_000, |p| p.host.timebase_frequency);
+        let start = self.window_start.load(Ordering::Acquire);
+        if now.wrapping_sub(start) >= window
+            && self.window_start.compare_exchange(start, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            self.lines.store(0, Ordering::Release);
+            let suppressed = self.suppressed.swap(0, Ordering::AcqRel);
+            if suppressed > 0 {
+                log::warn!("capsule '{capsule}': {suppressed} more messages about it were suppressed");
+            }
+        }
+        if self.lines.fetch_add(1, Ordering::AcqRel) < Self::LINES {
+            true
+        } else {
+            self.suppressed.fetch_add(1, Ordering::AcqRel);
+            false
+        }
+    }
 }
 
 /// Why a capsule could not be built.
@@ -271,6 +313,7 @@ impl Capsule {
             started_at: AtomicU64::new(0),
             entry: AtomicU64::new(0),
             fdt_addr: AtomicU64::new(0),
+            log_limit: LogLimit::new(),
         };
         capsule.load(platform)?;
         log::info!("capsule {} '{}': G-stage tables use {} KiB", capsule.id, capsule.name, capsule.overhead_bytes() >> 10);

@@ -19,6 +19,15 @@ use crate::hart;
 use crate::sched::{self, SliceEnd};
 use crate::{console, firmware, hostirq, manage, vdev, PLATFORM};
 
+/// A warning about something a capsule did, within the capsule's log budget (see [`capsule::LogLimit`]).
+macro_rules! guest_warn {
+    ($capsule:expr, $($arg:tt)+) => {
+        if $capsule.log_limit.allow(&$capsule.name) {
+            log::warn!($($arg)+);
+        }
+    };
+}
+
 /// Sets up the hypervisor CSRs that are the same for every guest on this hart.
 pub fn init_hart() {
     csr::hedeleg::write(arch::GUEST_DELEGATED_EXCEPTIONS);
@@ -184,7 +193,8 @@ fn handle_exit(vcpu: &mut Vcpu, hartid: usize, slice_end: u64) -> Next {
         }
         cause::INSTRUCTION_GUEST_PAGE_FAULT => {
             let gpa = (exit.htval << 2) | (exit.stval & 3);
-            log::warn!(
+            guest_warn!(
+                vcpu.capsule,
                 "capsule '{}' vCPU {} fetched from {gpa:#x}, outside its memory; injecting an access fault",
                 vcpu.capsule.name,
                 vcpu.index
@@ -338,7 +348,8 @@ fn handle_guest_page_fault(vcpu: &mut Vcpu) -> Next {
         Ok(None) => match fetch_guest_instruction(vcpu.context.guest.sepc) {
             Ok(raw) => keel_insn::decode(raw),
             Err(fault) => {
-                log::warn!(
+                guest_warn!(
+                    vcpu.capsule,
                     "capsule '{}': could not read the instruction at {:#x} (cause {fault}); retrying",
                     vcpu.capsule.name,
                     vcpu.context.guest.sepc
@@ -351,7 +362,8 @@ fn handle_guest_page_fault(vcpu: &mut Vcpu) -> Next {
     let insn: MmioInsn = match decoded {
         Ok(insn) => insn,
         Err(error) => {
-            log::warn!(
+            guest_warn!(
+                vcpu.capsule,
                 "capsule '{}' vCPU {}: access to {gpa:#x} at pc {:#x} cannot be emulated ({error}); injecting an access fault",
                 vcpu.capsule.name,
                 vcpu.index,
@@ -379,7 +391,8 @@ fn handle_guest_page_fault(vcpu: &mut Vcpu) -> Next {
             Next::Resume
         }
         Err(()) => {
-            log::warn!(
+            guest_warn!(
+                vcpu.capsule,
                 "capsule '{}' vCPU {}: {} of {} bytes at {gpa:#x} (pc {:#x}) is outside its memory and devices; injecting an access fault",
                 vcpu.capsule.name,
                 vcpu.index,
@@ -414,7 +427,7 @@ fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
         match slot.read(offset, width) {
             Ok(value) => value as u64,
             Err(error) => {
-                log::warn!("capsule '{}' {}: read at +{offset:#x}: {error}", capsule.name, slot.label);
+                guest_warn!(capsule, "capsule '{}' {}: read at +{offset:#x}: {error}", capsule.name, slot.label);
                 return Err(());
             }
         }
@@ -442,9 +455,11 @@ fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()
     } else if let Some((slot, offset)) = vdev::find(&mut devices.virtio, gpa, width) {
         match slot.write(offset, width, value as u32, &capsule.memory) {
             Ok(None) => {}
-            Ok(Some(error)) => log::warn!("capsule '{}' {}: {error}", capsule.name, slot.label),
+            Ok(Some(error)) => {
+                guest_warn!(capsule, "capsule '{}' {}: {error}", capsule.name, slot.label);
+            }
             Err(error) => {
-                log::warn!("capsule '{}' {}: write at +{offset:#x}: {error}", capsule.name, slot.label);
+                guest_warn!(capsule, "capsule '{}' {}: write at +{offset:#x}: {error}", capsule.name, slot.label);
                 return Err(());
             }
         }
