@@ -77,6 +77,11 @@ const KEEL_MACHINE_MIB: u64 = 1024;
 const HARTS: u32 = 2;
 
 const READY: &str = "keel-guest: init ready";
+/// The scale benchmark's machine and capsules.
+const SCALE_COUNTS: [usize; 4] = [1, 2, 4, 8];
+const SCALE_HARTS: u32 = 4;
+const SCALE_MACHINE_MIB: u64 = 2048;
+const SCALE_CAPSULE_MIB: u64 = 96;
 const PROMPT: &str = "keel-guest# ";
 const BUSY_MARKER: &str = "keel-busy-done";
 /// The capsule every benchmark manifest boots.
@@ -203,7 +208,8 @@ pub fn run(workspace: &Workspace, options: &Options) -> Result<bool> {
             "exits-small" => context.exits_benchmark(name, Kernel::Small, reps_exits, interval),
             "exits-debian" => context.exits_benchmark(name, Kernel::Debian, reps_exits, interval),
             "footprint" => context.footprint_benchmark(name),
-            _ => skipped_scale(name),
+            "scale" => context.scale_benchmark(name, reps_small.min(3)),
+            other => bail!("benchmark {other} is listed but has no implementation"),
         };
         benchmark.settle_status();
         benchmarks.push(benchmark);
@@ -292,15 +298,6 @@ fn print_results(results: &Results) {
     }
 }
 
-fn skipped_scale(name: &str) -> Benchmark {
-    let mut benchmark = Benchmark::new(name, "several capsules at once");
-    benchmark.status = Status::Skipped;
-    benchmark.notes.push(
-        "skipped: Keel runs several capsules side by side (see the keel-trio scenarios), but this benchmark is not written yet"
-            .to_string(),
-    );
-    benchmark
-}
 
 /// What one boot to the shell measured. Times are wall-clock seconds from spawning QEMU.
 #[derive(Debug, Default)]
@@ -622,6 +619,87 @@ impl Context<'_> {
                 &pick(Variant::Native, key),
             )
         });
+        benchmark.figures.extend(figures);
+        benchmark
+    }
+
+    /// A manifest of `count` small-kernel capsules that all start at boot (the first is the boot capsule),
+    /// written under the bench directory.
+    fn scale_manifest(&self, count: usize) -> Result<PathBuf> {
+        let mut text = format!(
+            "# {count} small-kernel capsules booting at once, for `cargo xtask bench scale` (generated).\n"
+        );
+        for index in 0..count {
+            let name = scale_capsule_name(index);
+            text.push_str(&format!(
+                "\n[[capsule]]\nname = \"{name}\"\nkernel = \"${{images}}/small/Image\"\ninitrd = \"${{images}}/initramfs.cpio\"\ncmdline = \"console=ttyS0\"\nmemory = \"{SCALE_CAPSULE_MIB}M\"\nvcpus = 1\n{}\n",
+                if index == 0 { "boot = true" } else { "autostart = true" }
+            ));
+        }
+        let path = self.bench_dir.join(format!("scale-{count}.toml"));
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    fn scale_hypervisor(&mut self, count: usize) -> Result<PathBuf> {
+        let defines = self.images()?.defines();
+        let manifest = self.scale_manifest(count)?;
+        let built = build::build_dmfs_and_hypervisor(self.workspace, &manifest, &defines)?;
+        self.keep_copy(&built, &format!("keel-scale-{count}.elf"))
+    }
+
+    /// 1, 2, 4 and 8 capsules booting at once on a 4-hart machine: the time until every one of them has
+    /// reached its shell, against one capsule alone, in alternating runs.
+    fn scale_benchmark(&mut self, name: &str, reps: u32) -> Benchmark {
+        let mut benchmark = Benchmark::new(name, "several capsules at once");
+        benchmark.notes.push(format!(
+            "{SCALE_HARTS} harts, {SCALE_MACHINE_MIB} MiB machine; every capsule runs the small kernel with {SCALE_CAPSULE_MIB} MiB and 1 vCPU and starts at boot. Time from spawning QEMU until the `{READY}` line of the last capsule. The baseline column is one capsule alone on the same machine, not a native run"
+        ));
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        let lanes = cores.min(SCALE_HARTS as usize);
+        benchmark.notes.push(format!(
+            "QEMU emulates {SCALE_HARTS} harts on this host's {cores} core(s): at most {lanes} capsule(s) can make progress at once, so N capsules cannot be ready in less than about N/{lanes} times one capsule's time (8 capsules: {:.1}x) whatever the hypervisor does",
+            8.0 / lanes as f64
+        ));
+        let mut hypervisors = Vec::new();
+        for count in SCALE_COUNTS {
+            match self.scale_hypervisor(count) {
+                Ok(path) => hypervisors.push((count, path)),
+                Err(error) => {
+                    benchmark.errors.push(format!("{count} capsules: {error:#}"));
+                    return benchmark;
+                }
+            }
+        }
+        let machine = Machine { smp: SCALE_HARTS, memory_mib: SCALE_MACHINE_MIB, cpu: None };
+        for (count, hypervisor) in &hypervisors {
+            benchmark.commands.insert(
+                format!("{count} capsules"),
+                shell::describe(&self.qemu.command(&machine, &Payload::Hypervisor(hypervisor.clone()))),
+            );
+        }
+        for (order, (index, repetition)) in stats::alternation(hypervisors.len(), reps).into_iter().enumerate() {
+            let (count, hypervisor) = &hypervisors[index];
+            let variant = format!("{count}-capsules");
+            let log = self.log_path(name, &variant, repetition);
+            let result = scale_session(&self.qemu, &machine, hypervisor, *count, &log);
+            benchmark.runs.push(record_run(order, &variant, repetition, result, &log));
+        }
+        let ready = |count: usize| -> Vec<f64> {
+            benchmark
+                .runs
+                .iter()
+                .filter(|run| run.ok && run.variant == format!("{count}-capsules"))
+                .filter_map(|run| run.values.get("all_ready_s").copied())
+                .collect()
+        };
+        let alone = ready(1);
+        let figures: Vec<Figure> = SCALE_COUNTS
+            .iter()
+            .skip(1)
+            .map(|&count| Figure::compared(&format!("{count} capsules all ready (vs 1 alone)"), "s", &ready(count), &alone))
+            .collect();
+        benchmark.figures.push(Figure::compared("1 capsule ready", "s", &alone, &[]));
         benchmark.figures.extend(figures);
         benchmark
     }
@@ -970,6 +1048,56 @@ fn bench_guest_session(
 type Record = (BTreeMap<String, f64>, Option<ExitCounts>);
 
 /// Turns a run's outcome into its record and prints a progress line for it.
+/// The name of the scale manifest's capsule `index` (the first is the boot capsule).
+fn scale_capsule_name(index: usize) -> String {
+    if index == 0 { BOOT_CAPSULE.to_string() } else { format!("c{index}") }
+}
+
+/// Whose `init ready` line `line` is: with several capsules Keel tags each line `[name] `; alone, the line is
+/// untagged and belongs to the boot capsule.
+fn ready_capsule(line: &str) -> Option<String> {
+    let at = line.find(READY)?;
+    let before = line[..at].trim_end();
+    match before.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+        Some(name) => Some(name.to_string()),
+        None if before.is_empty() => Some(BOOT_CAPSULE.to_string()),
+        None => None,
+    }
+}
+
+/// Boots a scale system and times until every capsule has said it is ready; then powers the machine off
+/// through the boot capsule.
+fn scale_session(qemu: &Qemu, machine: &Machine, hypervisor: &Path, count: usize, log: &Path) -> Result<Record> {
+    const TIMEOUT: Duration = Duration::from_secs(300);
+    let command = qemu.command(machine, &Payload::Hypervisor(hypervisor.to_path_buf()));
+    let spawned = Instant::now();
+    let mut console = Console::spawn(command)?;
+    let result = (|| -> Result<Record> {
+        let mut waiting: std::collections::BTreeSet<String> = (0..count).map(scale_capsule_name).collect();
+        let mut values = BTreeMap::new();
+        while !waiting.is_empty() {
+            let remaining = TIMEOUT.saturating_sub(spawned.elapsed());
+            let line = console
+                .expect_line(&format!("`{READY}` from {}", waiting.iter().cloned().collect::<Vec<_>>().join(", ")), remaining, |line| {
+                    ready_capsule(line).is_some_and(|name| waiting.contains(&name))
+                })?;
+            if let Some(name) = ready_capsule(&line) {
+                waiting.remove(&name);
+            }
+        }
+        values.insert("all_ready_s".to_string(), spawned.elapsed().as_secs_f64());
+        console.expect(PROMPT, Duration::from_secs(60)).context("the boot capsule's prompt")?;
+        console.send_line("poweroff")?;
+        let status = console.wait_exit(Duration::from_secs(60)).context("poweroff ends QEMU")?;
+        if !status.success() {
+            bail!("QEMU exited with {status} after poweroff, expected exit status 0");
+        }
+        Ok((values, None))
+    })();
+    let _ = fs::write(log, console.transcript());
+    result.map_err(|error| error.context(format!("last console lines:\n{}", console.tail(15))))
+}
+
 fn record_run(
     order: usize,
     variant: &str,
@@ -1218,11 +1346,12 @@ mod tests {
     }
 
     #[test]
-    fn scale_is_reported_as_skipped_with_a_reason() {
-        let mut scale = skipped_scale("scale");
-        scale.settle_status();
-        assert_eq!(scale.status, Status::Skipped);
-        assert!(scale.notes[0].contains("not written yet"));
+    fn ready_lines_are_attributed_to_their_capsule() {
+        assert_eq!(ready_capsule("keel-guest: init ready").as_deref(), Some("boot"));
+        assert_eq!(ready_capsule("[c3] keel-guest: init ready").as_deref(), Some("c3"));
+        assert_eq!(ready_capsule("[boot] keel-guest: init ready").as_deref(), Some("boot"));
+        assert_eq!(ready_capsule("[c3] something else"), None);
+        assert_eq!(ready_capsule("echo keel-guest: init ready"), None);
     }
 
     /// A fake guest that answers like the busybox shell: the session measures, idles or runs the
