@@ -374,7 +374,10 @@ fn handle_guest_page_fault(vcpu: &mut Vcpu) -> Next {
         }
     };
 
+    // Device registers are accessed at their natural alignment; anything else is refused rather than guessed at.
+    let aligned = gpa.is_multiple_of(u64::from(insn.width));
     let result = match insn.access {
+        _ if !aligned => Err(()),
         Access::Load { rd, signed } => mmio_read(vcpu, gpa, insn.width).map(|raw| {
             if rd != 0 {
                 vcpu.context.guest.x[rd as usize] = keel_insn::load_value(raw, insn.width, signed);
@@ -393,12 +396,13 @@ fn handle_guest_page_fault(vcpu: &mut Vcpu) -> Next {
         Err(()) => {
             guest_warn!(
                 vcpu.capsule,
-                "capsule '{}' vCPU {}: {} of {} bytes at {gpa:#x} (pc {:#x}) is outside its memory and devices; injecting an access fault",
+                "capsule '{}' vCPU {}: {} of {} bytes at {gpa:#x} (pc {:#x}) is outside its memory and devices{}; injecting an access fault",
                 vcpu.capsule.name,
                 vcpu.index,
                 if is_store { "store" } else { "load" },
                 insn.width,
-                vcpu.context.guest.sepc
+                vcpu.context.guest.sepc,
+                if aligned { "" } else { " or misaligned" }
             );
             inject_exception(vcpu, access_fault, exit.stval);
             Next::Resume
@@ -591,6 +595,10 @@ impl Environment for SbiEnvironment<'_> {
     }
 
     fn console_write(&mut self, guest_address: u64, len: usize) -> Result<usize, SbiError> {
+        // The whole buffer the guest names must be its memory, even though only a first part is written now.
+        if !self.capsule().memory.contains(guest_address, len as u64) {
+            return Err(SbiError::InvalidParam);
+        }
         let mut buffer = [0u8; 256];
         let len = len.min(buffer.len());
         self.capsule().memory.read(guest_address, &mut buffer[..len]).map_err(|()| SbiError::InvalidParam)?;
