@@ -2,6 +2,7 @@
 
 use core::fmt;
 
+use crate::disk::Disks;
 use crate::error::CapsuleProblem;
 use crate::layout::{restart, MAX_CMDLINE_LEN, MAX_NAME_LEN, MAX_VCPUS, MEMORY_GRANULE};
 
@@ -99,6 +100,16 @@ pub struct Capsule<'a> {
     pub restart: RestartPolicy,
     /// How to load [`Capsule::kernel`].
     pub kernel_format: KernelFormat,
+    /// The capsule's disks (at most 4), in table order: validated extents of the machine's disk that
+    /// overlap no other disk of the image. Copy it to iterate.
+    pub disks: Disks<'a>,
+}
+
+impl Capsule<'_> {
+    /// Number of disks the capsule has, 0 to 4.
+    pub fn disk_count(&self) -> usize {
+        self.disks.len()
+    }
 }
 
 impl fmt::Debug for Capsule<'_> {
@@ -115,6 +126,7 @@ impl fmt::Debug for Capsule<'_> {
             .field("may_manage", &self.may_manage)
             .field("restart", &self.restart)
             .field("kernel_format", &self.kernel_format)
+            .field("disks", &self.disks)
             .finish()
     }
 }

@@ -3,9 +3,11 @@
 use core::fmt;
 
 use crate::capsule::CapsuleName;
+use crate::disk::DiskName;
 use crate::layout::{
-    FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_CAPSULES, MAX_CMDLINE_LEN, MAX_NAME_LEN, MAX_VCPUS,
-    PAYLOAD_ALIGNMENT, RECORD_SIZE, TABLE_ALIGNMENT,
+    DISK_ALIGNMENT, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_CAPSULES, MAX_CMDLINE_LEN, MAX_DISKS,
+    MAX_DISK_NAME_LEN, MAX_NAME_LEN, MAX_VCPUS, OLDEST_FORMAT_VERSION, PAYLOAD_ALIGNMENT,
+    RECORD_SIZE, SECTOR_SIZE, TABLE_ALIGNMENT,
 };
 
 /// A variable-length field of a capsule record.
@@ -19,6 +21,8 @@ pub enum Field {
     Initrd,
     /// The kernel command line.
     Cmdline,
+    /// The table of the capsule's disks.
+    DiskTable,
 }
 
 impl fmt::Display for Field {
@@ -28,6 +32,7 @@ impl fmt::Display for Field {
             Field::Kernel => "kernel",
             Field::Initrd => "initrd",
             Field::Cmdline => "command line",
+            Field::DiskTable => "disk table",
         })
     }
 }
@@ -75,6 +80,11 @@ pub enum FieldProblem {
         /// Declared offset.
         offset: u64,
     },
+    /// A disk table does not start on an 8-byte boundary.
+    TableMisaligned {
+        /// Declared offset.
+        offset: u64,
+    },
 }
 
 impl fmt::Display for FieldProblem {
@@ -98,6 +108,9 @@ impl fmt::Display for FieldProblem {
             }
             FieldProblem::OffsetWithoutLength { offset } => {
                 write!(f, "length is zero but offset is {offset:#x} instead of zero")
+            }
+            FieldProblem::TableMisaligned { offset } => {
+                write!(f, "offset {offset:#x} is not a multiple of {TABLE_ALIGNMENT}")
             }
         }
     }
@@ -158,6 +171,11 @@ pub enum CapsuleProblem {
         /// Offset of the byte within the record.
         offset: usize,
     },
+    /// The capsule has more than 4 disks.
+    TooManyDisks {
+        /// The number of disks.
+        count: usize,
+    },
 }
 
 impl fmt::Display for CapsuleProblem {
@@ -192,7 +210,125 @@ impl fmt::Display for CapsuleProblem {
             CapsuleProblem::ReservedNotZero { offset } => {
                 write!(f, "reserved record byte at offset {offset:#x} is not zero")
             }
+            CapsuleProblem::TooManyDisks { count } => {
+                write!(f, "has {count} disks, more than the limit of {MAX_DISKS}")
+            }
         }
+    }
+}
+
+/// A rule broken by one disk's own values (as opposed to its relation to other disks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskProblem {
+    /// The name is empty.
+    EmptyName,
+    /// The name is longer than 20 bytes.
+    NameTooLong {
+        /// Length in bytes.
+        length: usize,
+    },
+    /// The name is not valid UTF-8.
+    NameNotUtf8,
+    /// The name contains a character outside ASCII letters, digits, `-`, `_` and `.`.
+    NameInvalidCharacter {
+        /// The first offending character.
+        character: char,
+    },
+    /// A byte of the name field past the name's length is not zero.
+    NamePaddingNotZero {
+        /// Offset of the byte within the disk entry.
+        offset: usize,
+    },
+    /// The first sector is not a multiple of 8 (4 KiB).
+    StartMisaligned {
+        /// The first sector.
+        start_sector: u64,
+    },
+    /// The sector count is zero or not a multiple of 8 (4 KiB).
+    BadSectorCount {
+        /// The sector count.
+        sectors: u64,
+    },
+    /// The end of the extent, in bytes, does not fit in 64 bits.
+    EndOverflows {
+        /// The first sector.
+        start_sector: u64,
+        /// The sector count.
+        sectors: u64,
+    },
+    /// Flag bits this format version does not define are set.
+    UnknownFlags {
+        /// The whole flags word.
+        flags: u32,
+    },
+    /// A reserved byte of the disk entry is not zero.
+    ReservedNotZero {
+        /// Offset of the byte within the disk entry.
+        offset: usize,
+    },
+}
+
+impl fmt::Display for DiskProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            DiskProblem::EmptyName => f.write_str("name is empty"),
+            DiskProblem::NameTooLong { length } => write!(
+                f,
+                "name is {length} bytes long, more than the limit of {MAX_DISK_NAME_LEN} (a virtio-blk device ID)"
+            ),
+            DiskProblem::NameNotUtf8 => f.write_str("name is not valid UTF-8"),
+            DiskProblem::NameInvalidCharacter { character } => write!(
+                f,
+                "name contains {character:?}; only ASCII letters, digits, '-', '_' and '.' are allowed"
+            ),
+            DiskProblem::NamePaddingNotZero { offset } => {
+                write!(f, "name padding byte at offset {offset:#x} of the disk entry is not zero")
+            }
+            DiskProblem::StartMisaligned { start_sector } => write!(
+                f,
+                "start sector {start_sector:#x} (byte {:#x}) is not a multiple of {DISK_ALIGNMENT} bytes",
+                u128::from(start_sector) * u128::from(SECTOR_SIZE)
+            ),
+            DiskProblem::BadSectorCount { sectors } => write!(
+                f,
+                "size of {sectors:#x} sectors ({:#x} bytes) is not a non-zero multiple of {DISK_ALIGNMENT} bytes",
+                u128::from(sectors) * u128::from(SECTOR_SIZE)
+            ),
+            DiskProblem::EndOverflows { start_sector, sectors } => write!(
+                f,
+                "start sector {start_sector:#x} plus {sectors:#x} sectors ends past the last byte a 64-bit offset reaches"
+            ),
+            DiskProblem::UnknownFlags { flags } => {
+                write!(f, "disk flags {flags:#010x} set bits that format version {FORMAT_VERSION} does not define")
+            }
+            DiskProblem::ReservedNotZero { offset } => {
+                write!(f, "reserved byte at offset {offset:#x} of the disk entry is not zero")
+            }
+        }
+    }
+}
+
+/// One disk of a parsed image, for error messages: its capsule's index, its index in that capsule's
+/// disk table and its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskLocation {
+    /// Index of the capsule in the capsule table.
+    pub capsule: u32,
+    /// Index of the disk in the capsule's disk table.
+    pub disk: u8,
+    /// The disk's name.
+    pub name: DiskName,
+}
+
+impl fmt::Display for DiskLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "capsule #{} disk #{} ({:?})",
+            self.capsule,
+            self.disk,
+            self.name.as_str()
+        )
     }
 }
 
@@ -309,6 +445,37 @@ pub enum FormatError {
         /// Index of the second boot capsule.
         second: u32,
     },
+    /// A disk of a capsule breaks one of the per-disk rules.
+    Disk {
+        /// Index of the capsule in the capsule table.
+        capsule: u32,
+        /// Index of the disk in the capsule's disk table.
+        disk: u8,
+        /// What is wrong.
+        problem: DiskProblem,
+    },
+    /// Two disks of one capsule have the same name.
+    DuplicateDiskName {
+        /// Index of the capsule in the capsule table.
+        capsule: u32,
+        /// The shared name.
+        name: DiskName,
+        /// Index of the first disk with it.
+        first: u8,
+        /// Index of the second disk with it.
+        second: u8,
+    },
+    /// Two disks, of one capsule or of two, share bytes of the machine's disk.
+    DisksOverlap {
+        /// The disk that comes first in the image.
+        first: DiskLocation,
+        /// The disk that comes later.
+        second: DiskLocation,
+        /// First byte (of the machine's disk) the two share.
+        start: u64,
+        /// The byte just past the last one they share.
+        end: u64,
+    },
 }
 
 /// Shows bytes as text when they are printable ASCII, as hex otherwise.
@@ -345,7 +512,7 @@ impl fmt::Display for FormatError {
             ),
             FormatError::UnsupportedVersion { found } => write!(
                 f,
-                "DMFS format version {found} is not supported; this build reads version {FORMAT_VERSION}"
+                "DMFS format version {found} is not supported; this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"
             ),
             FormatError::BadHeaderSize { found } => write!(
                 f,
@@ -394,6 +561,15 @@ impl fmt::Display for FormatError {
             }
             FormatError::MultipleBootCapsules { first, second } => {
                 write!(f, "DMFS capsules #{first} and #{second} are both marked as the boot capsule")
+            }
+            FormatError::Disk { capsule, disk, problem } => write!(f, "DMFS capsule #{capsule} disk #{disk}: {problem}"),
+            FormatError::DuplicateDiskName { capsule, name, first, second } => write!(
+                f,
+                "DMFS capsule #{capsule}: disks #{first} and #{second} are both named {:?}",
+                name.as_str()
+            ),
+            FormatError::DisksOverlap { first, second, start, end } => {
+                write!(f, "DMFS {second} overlaps {first} (bytes {start:#x}..{end:#x})")
             }
         }
     }

@@ -1,15 +1,29 @@
-//! Byte offsets, sizes and limits of format version 1, shared by the parser, the writer and tests.
+//! Byte offsets, sizes and limits of format version 2, shared by the parser, the writer and tests.
 //!
 //! All multi-byte integers are little endian. `FORMAT.md` describes the same layout in prose.
 
 /// The eight bytes every image starts with.
 pub const MAGIC: [u8; 8] = *b"KEELDMFS";
-/// The only format version this crate reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
-/// Size of the version 1 header in bytes.
+/// The format version this crate writes, and the newest it reads.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this crate reads. Version 1 has no disks; everything else in it is laid
+/// out exactly as in version 2, so a version 1 image reads as one whose capsules have no disks.
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
+/// Size of the header in bytes (the same in versions 1 and 2).
 pub const HEADER_SIZE: usize = 128;
-/// Size of one version 1 capsule record in bytes.
+/// Size of one capsule record in bytes (the same in versions 1 and 2).
 pub const RECORD_SIZE: usize = 96;
+/// Size of one entry of a capsule's disk table in bytes.
+pub const DISK_ENTRY_SIZE: usize = 48;
+/// Most disks one capsule may have.
+pub const MAX_DISKS: u8 = 4;
+/// Longest disk name in bytes: the length of a virtio-blk device ID, which is how the guest sees it.
+pub const MAX_DISK_NAME_LEN: usize = 20;
+/// Disk extents are counted in sectors of this many bytes.
+pub const SECTOR_SIZE: u64 = 512;
+/// Disk extents start and end at multiples of this many bytes (so of `DISK_ALIGNMENT / SECTOR_SIZE`
+/// sectors): whole pages of the machine's disk, whatever its own block size up to 4 KiB.
+pub const DISK_ALIGNMENT: u64 = 4096;
 /// Kernels and initrds start at multiples of this, relative to the start of the image.
 pub const PAYLOAD_ALIGNMENT: u64 = 4096;
 /// The capsule table starts at a multiple of this, so its `u64` fields are naturally aligned.
@@ -82,8 +96,41 @@ pub mod record {
     pub const FLAGS: usize = 0x4c;
     /// `u8`: restart policy (0 never, 1 on failure, 2 always).
     pub const RESTART: usize = 0x50;
-    /// 15 reserved bytes, zero.
-    pub const RESERVED: usize = 0x51;
+    /// `u8`: number of entries in the capsule's disk table (version 2; reserved in version 1).
+    pub const DISK_COUNT: usize = 0x51;
+    /// 6 reserved bytes, zero.
+    pub const RESERVED: usize = 0x52;
+    /// `u64`: offset of the capsule's disk table, zero when it has no disks (version 2; reserved in
+    /// version 1).
+    pub const DISK_TABLE: usize = 0x58;
+    /// Bytes from [`DISK_COUNT`] to the end of the record: all reserved, so all zero, in version 1.
+    pub const VERSION_1_RESERVED: usize = DISK_COUNT;
+}
+
+/// Disk table entry field offsets, relative to the start of the entry.
+pub mod disk {
+    /// `u64`: first sector of the extent on the machine's disk (512-byte sectors).
+    pub const START_SECTOR: usize = 0x00;
+    /// `u64`: length of the extent in sectors.
+    pub const SECTOR_COUNT: usize = 0x08;
+    /// `[u8; 20]`: the name, padded with zero bytes.
+    pub const NAME: usize = 0x10;
+    /// `u8`: length of the name in bytes.
+    pub const NAME_LENGTH: usize = 0x24;
+    /// 3 reserved bytes, zero.
+    pub const RESERVED_1: usize = 0x25;
+    /// `u32`: flag bits, see [`flags`].
+    pub const FLAGS: usize = 0x28;
+    /// 4 reserved bytes, zero.
+    pub const RESERVED_2: usize = 0x2c;
+
+    /// Disk entry flag bits.
+    pub mod flags {
+        /// The guest may read the disk but not write it.
+        pub const READ_ONLY: u32 = 1 << 0;
+        /// Every bit version 2 defines; the others must be zero.
+        pub const ALL: u32 = READ_ONLY;
+    }
 }
 
 /// Capsule record flag bits.
@@ -96,7 +143,7 @@ pub mod flags {
     pub const MAY_MANAGE: u32 = 1 << 2;
     /// The kernel is a flat binary rather than a Linux `Image`.
     pub const FLAT_KERNEL: u32 = 1 << 3;
-    /// Every bit version 1 defines; the others must be zero.
+    /// Every bit versions 1 and 2 define; the others must be zero.
     pub const ALL: u32 = AUTOSTART | BOOT | MAY_MANAGE | FLAT_KERNEL;
 }
 

@@ -1,6 +1,10 @@
 //! Keel manifest file-system ("DMFS") images: a versioned, checksummed container of capsule
 //! definitions and their kernel, initrd and command-line payloads.
 //!
+//! A capsule may also have up to four disks ([`Disk`]): extents of the machine's own disk that the
+//! guest sees as virtio-blk devices. No two disks of an image overlap; the writer and the parser both
+//! refuse images where they would.
+//!
 //! The hypervisor embeds one image and reads it in place, so the parser ([`Image::parse`]) is
 //! zero-copy and checks every offset, length and field before handing out a [`Capsule`]; after a
 //! successful parse nothing can fail any more. The writer ([`ImageBuilder`], feature `alloc`)
@@ -18,6 +22,7 @@ extern crate alloc;
 
 mod capsule;
 mod crc;
+mod disk;
 mod error;
 pub mod layout;
 mod parse;
@@ -27,10 +32,11 @@ mod writer;
 
 pub use capsule::{Capsule, CapsuleName, KernelFormat, RestartPolicy};
 pub use crc::{checksum, Crc32};
-pub use error::{CapsuleProblem, Field, FieldProblem, FormatError};
+pub use disk::{check_disk_extent, check_disk_name, Disk, DiskName, Disks};
+pub use error::{CapsuleProblem, DiskLocation, DiskProblem, Field, FieldProblem, FormatError};
 pub use parse::{Capsules, Image};
 #[cfg(feature = "ed25519")]
 pub use signature::{public_key, sign, verify, SignatureError};
 pub use signature::{KeyId, SignatureScheme, SignedMessage};
 #[cfg(feature = "alloc")]
-pub use writer::{BuildError, CapsuleSpec, ImageBuilder};
+pub use writer::{BuildError, CapsuleSpec, DiskSpec, ImageBuilder};

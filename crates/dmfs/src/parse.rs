@@ -7,10 +7,12 @@ use crate::capsule::{
     RestartPolicy,
 };
 use crate::crc::checksum;
-use crate::error::{CapsuleProblem, Field, FieldProblem, FormatError};
+use crate::disk::{self, DiskName, Disks};
+use crate::error::{CapsuleProblem, DiskLocation, Field, FieldProblem, FormatError};
 use crate::layout::{
-    flags, header, record, FORMAT_VERSION, HEADER_SIZE, KEY_ID_LEN, MAGIC, MAX_CAPSULES,
-    PAYLOAD_ALIGNMENT, RECORD_SIZE, SIGNATURE_ED25519, SIGNATURE_NONE, TABLE_ALIGNMENT,
+    flags, header, record, DISK_ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, KEY_ID_LEN, MAGIC,
+    MAX_CAPSULES, MAX_DISKS, OLDEST_FORMAT_VERSION, PAYLOAD_ALIGNMENT, RECORD_SIZE,
+    SIGNATURE_ED25519, SIGNATURE_NONE, TABLE_ALIGNMENT,
 };
 use crate::signature::{KeyId, SignatureScheme, SignedMessage};
 
@@ -74,7 +76,7 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<(&[u8; HEADER_SIZE], &[u8]), FormatE
     }
     if let Some(&[low, high]) = bytes.get(header::VERSION..header::VERSION + 2) {
         let found = u16::from_le_bytes([low, high]);
-        if found != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
             return Err(FormatError::UnsupportedVersion { found });
         }
     }
@@ -180,18 +182,20 @@ impl<'a> Image<'a> {
             table_offset,
             table_end,
             count,
-            version: FORMAT_VERSION,
+            // `frame` accepted the version.
+            version: u16_at(head, header::VERSION),
             scheme,
         };
         image.check_capsules()?;
         Ok(image)
     }
 
-    /// Checks every record, name uniqueness and the single boot capsule.
+    /// Checks every record, name uniqueness, the single boot capsule and that no disks overlap.
     fn check_capsules(&self) -> Result<(), FormatError> {
         let mut boot: Option<u32> = None;
         for index in 0..self.count {
             let capsule = self.decode(index)?;
+            self.check_disk_overlaps(index, capsule.disks)?;
             // Earlier names are already validated, so comparing raw bytes is enough; this keeps the
             // quadratic part cheap even with the maximum number of capsules.
             for earlier in 0..index {
@@ -211,6 +215,51 @@ impl<'a> Image<'a> {
                     });
                 }
                 boot = Some(index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the disks of capsule `index` against every disk before them in the image: the earlier
+    /// disks of the same capsule and those of all earlier capsules.
+    ///
+    /// This is quadratic in the number of disks (at most 1024), but each step only reads two `u64`s of
+    /// an already validated entry, so even the largest image is checked quickly and without allocating.
+    fn check_disk_overlaps(&self, index: u32, disks: Disks<'a>) -> Result<(), FormatError> {
+        for (disk_index, disk) in (0u8..).zip(disks) {
+            let extent = (disk.start_sector, disk.sectors);
+            for earlier in 0..=index {
+                let (entries, _) = self.raw_disk_table(earlier).as_chunks::<DISK_ENTRY_SIZE>();
+                let entries = if earlier == index {
+                    entries.get(..usize::from(disk_index)).unwrap_or_default()
+                } else {
+                    entries
+                };
+                for (earlier_index, entry) in (0u8..).zip(entries) {
+                    let earlier_extent = (
+                        u64_at(entry, crate::layout::disk::START_SECTOR),
+                        u64_at(entry, crate::layout::disk::SECTOR_COUNT),
+                    );
+                    if let Some(shared) = disk::overlap(earlier_extent, extent) {
+                        let earlier_name = disk::decode(entry)
+                            .map(|disk| disk.name)
+                            .unwrap_or_default();
+                        return Err(FormatError::DisksOverlap {
+                            first: DiskLocation {
+                                capsule: earlier,
+                                disk: earlier_index,
+                                name: DiskName::new(earlier_name),
+                            },
+                            second: DiskLocation {
+                                capsule: index,
+                                disk: disk_index,
+                                name: DiskName::new(disk.name),
+                            },
+                            start: shared.start,
+                            end: shared.end,
+                        });
+                    }
+                }
             }
         }
         Ok(())
@@ -312,7 +361,23 @@ impl<'a> Image<'a> {
         self.bytes.get(offset..offset.checked_add(length)?)
     }
 
-    /// Finds the bytes of one field, checking that they lie in the data area of the image.
+    /// The disk table bytes of an already validated record (empty when it has no disks).
+    fn raw_disk_table(&self, index: u32) -> &'a [u8] {
+        let Some(record) = self.record(index) else {
+            return &[];
+        };
+        if self.version < 2 {
+            return &[];
+        }
+        let count = usize::from(record.get(record::DISK_COUNT).copied().unwrap_or_default());
+        usize::try_from(u64_at(record, record::DISK_TABLE))
+            .ok()
+            .and_then(|offset| Some((offset, offset.checked_add(count * DISK_ENTRY_SIZE)?)))
+            .and_then(|(start, end)| self.bytes.get(start..end))
+            .unwrap_or_default()
+    }
+
+    /// Finds the bytes of one field from its `(offset, length)` pair in the record.
     fn locate(
         &self,
         capsule: u32,
@@ -320,8 +385,17 @@ impl<'a> Image<'a> {
         record: &[u8; RECORD_SIZE],
         at: usize,
     ) -> Result<&'a [u8], FormatError> {
-        let offset = u64_at(record, at);
-        let length = u64_at(record, at + 8);
+        self.locate_range(capsule, field, u64_at(record, at), u64_at(record, at + 8))
+    }
+
+    /// Finds the bytes of one field, checking that they lie in the data area of the image.
+    fn locate_range(
+        &self,
+        capsule: u32,
+        field: Field,
+        offset: u64,
+        length: u64,
+    ) -> Result<&'a [u8], FormatError> {
         let fail = |problem| FormatError::Field {
             capsule,
             field,
@@ -356,6 +430,9 @@ impl<'a> Image<'a> {
         {
             return Err(fail(FieldProblem::Misaligned { offset }));
         }
+        if field == Field::DiskTable && !offset.is_multiple_of(TABLE_ALIGNMENT) {
+            return Err(fail(FieldProblem::TableMisaligned { offset }));
+        }
         usize::try_from(offset)
             .ok()
             .zip(usize::try_from(end).ok())
@@ -389,10 +466,16 @@ impl<'a> Image<'a> {
                 value: restart_byte,
             },
         ))?;
-        let reserved = record.get(record::RESERVED..).unwrap_or_default();
-        if let Some(position) = reserved.iter().position(|&byte| byte != 0) {
+        // Version 1 gave no meaning to the disk fields, so there they are reserved like the rest.
+        let reserved = if self.version < 2 {
+            record::VERSION_1_RESERVED..RECORD_SIZE
+        } else {
+            record::RESERVED..record::DISK_TABLE
+        };
+        let reserved_bytes = record.get(reserved.clone()).unwrap_or_default();
+        if let Some(position) = reserved_bytes.iter().position(|&byte| byte != 0) {
             return Err(fail(CapsuleProblem::ReservedNotZero {
-                offset: record::RESERVED + position,
+                offset: reserved.start + position,
             }));
         }
         let vcpus = u32_at(record, record::VCPUS);
@@ -410,6 +493,7 @@ impl<'a> Image<'a> {
         let initrd = (!initrd.is_empty()).then_some(initrd);
         let cmdline = check_cmdline(self.locate(index, Field::Cmdline, record, record::CMDLINE)?)
             .map_err(fail)?;
+        let disks = self.decode_disks(index, record)?;
 
         Ok(Capsule {
             name,
@@ -427,7 +511,60 @@ impl<'a> Image<'a> {
             } else {
                 KernelFormat::LinuxImage
             },
+            disks,
         })
+    }
+
+    /// Locates and validates the disk table of one record: its placement, each entry, and names
+    /// unique within the capsule. Overlaps are checked over the whole image by `check_capsules`.
+    fn decode_disks(
+        &self,
+        index: u32,
+        record: &[u8; RECORD_SIZE],
+    ) -> Result<Disks<'a>, FormatError> {
+        if self.version < 2 {
+            return Ok(Disks::new(&[]));
+        }
+        let count = record.get(record::DISK_COUNT).copied().unwrap_or_default();
+        if count > MAX_DISKS {
+            return Err(FormatError::Capsule {
+                capsule: index,
+                problem: CapsuleProblem::TooManyDisks {
+                    count: usize::from(count),
+                },
+            });
+        }
+        let length = u64::from(count) * to_u64(DISK_ENTRY_SIZE);
+        let table = self.locate_range(
+            index,
+            Field::DiskTable,
+            u64_at(record, record::DISK_TABLE),
+            length,
+        )?;
+        let (entries, _) = table.as_chunks::<DISK_ENTRY_SIZE>();
+        for (disk_index, entry) in (0u8..).zip(entries) {
+            let disk = disk::decode(entry).map_err(|problem| FormatError::Disk {
+                capsule: index,
+                disk: disk_index,
+                problem,
+            })?;
+            let earlier_entries = entries.get(..usize::from(disk_index)).unwrap_or_default();
+            if let Some(first) = (0u8..)
+                .zip(earlier_entries)
+                .find(|(_, earlier)| {
+                    disk::decode(earlier).is_ok_and(|earlier| earlier.name == disk.name)
+                })
+                .map(|(first, _)| first)
+            {
+                return Err(FormatError::DuplicateDiskName {
+                    capsule: index,
+                    name: DiskName::new(disk.name),
+                    first,
+                    second: disk_index,
+                });
+            }
+        }
+        Ok(Disks::new(table))
     }
 }
 

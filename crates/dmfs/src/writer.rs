@@ -8,11 +8,47 @@ use crate::capsule::{
     check_cmdline, check_memory, check_name, check_vcpus, KernelFormat, RestartPolicy,
 };
 use crate::crc::checksum;
-use crate::error::CapsuleProblem;
+use crate::disk::{check_disk_extent, check_disk_name, overlap, Disk};
+use crate::error::{CapsuleProblem, DiskProblem};
 use crate::layout::{
-    flags, header, record, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_CAPSULES, PAYLOAD_ALIGNMENT,
-    RECORD_SIZE, SIGNATURE_NONE,
+    disk, flags, header, record, DISK_ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_CAPSULES,
+    MAX_DISKS, PAYLOAD_ALIGNMENT, RECORD_SIZE, SIGNATURE_NONE, TABLE_ALIGNMENT,
 };
+
+/// One disk to write: an extent of the machine's disk, in 512-byte sectors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// 1 to 20 ASCII letters, digits, `-`, `_` or `.`, unique within the capsule.
+    pub name: String,
+    /// First sector: a multiple of 8 (4 KiB).
+    pub start_sector: u64,
+    /// Length in sectors: a non-zero multiple of 8 (4 KiB); the end in bytes must fit in 64 bits.
+    pub sectors: u64,
+    /// The guest may only read the disk.
+    pub read_only: bool,
+}
+
+impl DiskSpec {
+    fn check(&self) -> Result<(), DiskProblem> {
+        check_disk_name(self.name.as_bytes())?;
+        check_disk_extent(self.start_sector, self.sectors)
+    }
+
+    fn extent(&self) -> (u64, u64) {
+        (self.start_sector, self.sectors)
+    }
+}
+
+impl From<Disk<'_>> for DiskSpec {
+    fn from(disk: Disk<'_>) -> Self {
+        Self {
+            name: disk.name.into(),
+            start_sector: disk.start_sector,
+            sectors: disk.sectors,
+            read_only: disk.read_only,
+        }
+    }
+}
 
 /// Everything needed to write one capsule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +75,8 @@ pub struct CapsuleSpec {
     pub restart: RestartPolicy,
     /// How the kernel is loaded.
     pub kernel_format: KernelFormat,
+    /// Disks, at most 4, with names unique within the capsule; no disk of the image may overlap another.
+    pub disks: Vec<DiskSpec>,
 }
 
 impl Default for CapsuleSpec {
@@ -56,6 +94,7 @@ impl Default for CapsuleSpec {
             may_manage: false,
             restart: RestartPolicy::Never,
             kernel_format: KernelFormat::LinuxImage,
+            disks: Vec::new(),
         }
     }
 }
@@ -71,6 +110,32 @@ impl CapsuleSpec {
         }
         if self.initrd.as_ref().is_some_and(Vec::is_empty) {
             return Err(CapsuleProblem::EmptyInitrd);
+        }
+        if self.disks.len() > usize::from(MAX_DISKS) {
+            return Err(CapsuleProblem::TooManyDisks {
+                count: self.disks.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks each disk on its own and the names against each other.
+    fn check_disks(&self) -> Result<(), BuildError> {
+        for (index, disk) in self.disks.iter().enumerate() {
+            disk.check().map_err(|problem| BuildError::Disk {
+                capsule: self.name.clone(),
+                disk: disk.name.clone(),
+                problem,
+            })?;
+            if self.disks[..index]
+                .iter()
+                .any(|earlier| earlier.name == disk.name)
+            {
+                return Err(BuildError::DuplicateDiskName {
+                    capsule: self.name.clone(),
+                    disk: disk.name.clone(),
+                });
+            }
         }
         Ok(())
     }
@@ -115,6 +180,37 @@ pub enum BuildError {
         /// The one added later.
         second: String,
     },
+    /// A disk breaks a per-disk rule.
+    Disk {
+        /// The capsule's name.
+        capsule: String,
+        /// The disk's name as given (possibly empty or invalid).
+        disk: String,
+        /// What is wrong.
+        problem: DiskProblem,
+    },
+    /// Two disks of one capsule have the same name.
+    DuplicateDiskName {
+        /// The capsule's name.
+        capsule: String,
+        /// The shared disk name.
+        disk: String,
+    },
+    /// Two disks (of one capsule or of two) share bytes of the machine's disk.
+    DisksOverlap {
+        /// Capsule of the disk added first.
+        first_capsule: String,
+        /// The disk added first.
+        first_disk: String,
+        /// Capsule of the disk added later.
+        second_capsule: String,
+        /// The disk added later.
+        second_disk: String,
+        /// First shared byte of the machine's disk.
+        start: u64,
+        /// The byte just past the last shared one.
+        end: u64,
+    },
     /// Adding the capsule would exceed [`MAX_CAPSULES`].
     TooManyCapsules,
     /// The image would not fit in the address space.
@@ -132,6 +228,25 @@ impl fmt::Display for BuildError {
                     "capsules {first:?} and {second:?} are both marked as the boot capsule"
                 )
             }
+            BuildError::Disk {
+                capsule,
+                disk,
+                problem,
+            } => write!(f, "capsule {capsule:?} disk {disk:?}: {problem}"),
+            BuildError::DuplicateDiskName { capsule, disk } => {
+                write!(f, "capsule {capsule:?} has two disks named {disk:?}")
+            }
+            BuildError::DisksOverlap {
+                first_capsule,
+                first_disk,
+                second_capsule,
+                second_disk,
+                start,
+                end,
+            } => write!(
+                f,
+                "capsule {first_capsule:?} disk {first_disk:?} overlaps capsule {second_capsule:?} disk {second_disk:?} (bytes {start:#x}..{end:#x})"
+            ),
             BuildError::TooManyCapsules => {
                 write!(f, "an image holds at most {MAX_CAPSULES} capsules")
             }
@@ -174,6 +289,7 @@ struct Placed {
     kernel: (usize, usize),
     initrd: (usize, usize),
     cmdline: (usize, usize),
+    disks: usize,
 }
 
 /// Gives `bytes` a page-aligned offset at `cursor`, or reuses the offset of an identical payload.
@@ -193,6 +309,29 @@ fn place_payload<'s>(
     Ok((offset, bytes.len()))
 }
 
+/// Writes one disk table entry at `entry`.
+fn write_disk_entry(image: &mut [u8], entry: usize, disk: &DiskSpec) -> Result<(), BuildError> {
+    put(
+        image,
+        entry + disk::START_SECTOR,
+        &disk.start_sector.to_le_bytes(),
+    )?;
+    put(
+        image,
+        entry + disk::SECTOR_COUNT,
+        &disk.sectors.to_le_bytes(),
+    )?;
+    put(image, entry + disk::NAME, disk.name.as_bytes())?;
+    // The name was checked to be at most MAX_DISK_NAME_LEN (20) bytes.
+    put(image, entry + disk::NAME_LENGTH, &[disk.name.len() as u8])?;
+    let flag_bits = if disk.read_only {
+        disk::flags::READ_ONLY
+    } else {
+        0
+    };
+    put(image, entry + disk::FLAGS, &flag_bits.to_le_bytes())
+}
+
 impl ImageBuilder {
     /// An empty builder.
     pub fn new() -> Self {
@@ -205,6 +344,7 @@ impl ImageBuilder {
             name: spec.name.clone(),
             problem,
         })?;
+        spec.check_disks()?;
         if self
             .capsules
             .iter()
@@ -212,6 +352,7 @@ impl ImageBuilder {
         {
             return Err(BuildError::DuplicateName { name: spec.name });
         }
+        self.check_disk_overlaps(&spec)?;
         if spec.boot {
             if let Some(first) = self.capsules.iter().find(|existing| existing.boot) {
                 return Err(BuildError::MultipleBootCapsules {
@@ -227,10 +368,36 @@ impl ImageBuilder {
         Ok(self)
     }
 
+    /// Checks that no disk of `spec` overlaps an earlier disk of `spec` or a disk of a capsule
+    /// already added.
+    fn check_disk_overlaps(&self, spec: &CapsuleSpec) -> Result<(), BuildError> {
+        for (index, disk) in spec.disks.iter().enumerate() {
+            let earlier = self
+                .capsules
+                .iter()
+                .flat_map(|capsule| capsule.disks.iter().map(move |disk| (capsule, disk)))
+                .chain(spec.disks[..index].iter().map(|disk| (spec, disk)));
+            for (capsule, earlier) in earlier {
+                if let Some(shared) = overlap(earlier.extent(), disk.extent()) {
+                    return Err(BuildError::DisksOverlap {
+                        first_capsule: capsule.name.clone(),
+                        first_disk: earlier.name.clone(),
+                        second_capsule: spec.name.clone(),
+                        second_disk: disk.name.clone(),
+                        start: shared.start,
+                        end: shared.end,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the image.
     ///
-    /// Layout: header, capsule table, names and command lines, then kernels and initrds each on
-    /// a 4 KiB boundary; identical payloads are stored once. The total is padded to 4 KiB.
+    /// Layout: header, capsule table, disk tables, names and command lines, then kernels and
+    /// initrds each on a 4 KiB boundary; identical payloads are stored once. The total is padded
+    /// to 4 KiB.
     pub fn build(&self) -> Result<Vec<u8>, BuildError> {
         let page = PAYLOAD_ALIGNMENT as usize;
         let table_offset = HEADER_SIZE;
@@ -243,6 +410,17 @@ impl ImageBuilder {
 
         // First pass: assign offsets.
         let mut placed = alloc::vec![Placed::default(); self.capsules.len()];
+        for (spec, place) in self.capsules.iter().zip(placed.iter_mut()) {
+            if !spec.disks.is_empty() {
+                place.disks = align_up(cursor, TABLE_ALIGNMENT as usize)?;
+                cursor = spec
+                    .disks
+                    .len()
+                    .checked_mul(DISK_ENTRY_SIZE)
+                    .and_then(|size| place.disks.checked_add(size))
+                    .ok_or(BuildError::ImageTooLarge)?;
+            }
+        }
         for (spec, place) in self.capsules.iter().zip(placed.iter_mut()) {
             place.name = (cursor, spec.name.len());
             cursor = cursor
@@ -327,6 +505,21 @@ impl ImageBuilder {
                 base + record::RESTART,
                 &[spec.restart.to_byte()],
             )?;
+            // `capsule` allowed at most MAX_DISKS (4) disks, so the count fits in a byte.
+            put(
+                &mut image,
+                base + record::DISK_COUNT,
+                &[spec.disks.len() as u8],
+            )?;
+            put(
+                &mut image,
+                base + record::DISK_TABLE,
+                &(place.disks as u64).to_le_bytes(),
+            )?;
+            for (index, disk) in spec.disks.iter().enumerate() {
+                let entry = place.disks + index * DISK_ENTRY_SIZE;
+                write_disk_entry(&mut image, entry, disk)?;
+            }
 
             put(&mut image, place.name.0, spec.name.as_bytes())?;
             put(&mut image, place.cmdline.0, spec.cmdline.as_bytes())?;

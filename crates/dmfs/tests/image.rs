@@ -27,6 +27,7 @@ fn boot_spec() -> CapsuleSpec {
         may_manage: true,
         restart: RestartPolicy::OnFailure,
         kernel_format: KernelFormat::LinuxImage,
+        disks: Vec::new(),
     }
 }
 
@@ -89,7 +90,7 @@ fn round_trip_keeps_every_field() {
     let bytes = valid_image();
     assert_eq!(bytes.len() % 4096, 0);
     let image = Image::parse(&bytes).expect("written image parses");
-    assert_eq!(image.version(), 1);
+    assert_eq!(image.version(), 2);
     assert_eq!(image.len(), bytes.len());
     assert_eq!(image.capsule_count(), 2);
 
@@ -253,11 +254,15 @@ fn rejects_truncated_input() {
 
 #[test]
 fn rejects_unknown_version_naming_both() {
-    let error = corrupt(|image| set_u16(image, header::VERSION, 2)).unwrap_err();
-    assert_eq!(error, FormatError::UnsupportedVersion { found: 2 });
+    let error = corrupt(|image| set_u16(image, header::VERSION, 3)).unwrap_err();
+    assert_eq!(error, FormatError::UnsupportedVersion { found: 3 });
     assert_eq!(
         error.to_string(),
-        "DMFS format version 2 is not supported; this build reads version 1"
+        "DMFS format version 3 is not supported; this build reads versions 1 to 2"
+    );
+    assert_eq!(
+        corrupt(|image| set_u16(image, header::VERSION, 0)),
+        Err(FormatError::UnsupportedVersion { found: 0 })
     );
 }
 
@@ -623,13 +628,13 @@ fn rejects_bad_record_values() {
     );
     assert_eq!(
         corrupt(|i| {
-            let o = at(record::RESERVED + 14)(i);
+            let o = at(record::RESERVED + 5)(i);
             i[o] = 1
         }),
         capsule_error(
             1,
             CapsuleProblem::ReservedNotZero {
-                offset: record::RESERVED + 14
+                offset: record::RESERVED + 5
             }
         )
     );
@@ -847,7 +852,7 @@ fn random_headers_never_panic() {
         let length = HEADER_SIZE + random.below(4096);
         let mut bytes: Vec<u8> = (0..length).map(|_| random.next() as u8).collect();
         bytes[..8].copy_from_slice(&layout::MAGIC);
-        set_u16(&mut bytes, header::VERSION, 1);
+        set_u16(&mut bytes, header::VERSION, 1 + random.below(2) as u16);
         set_u16(&mut bytes, header::HEADER_SIZE, HEADER_SIZE as u16);
         set_u32(&mut bytes, header::RECORD_SIZE, RECORD_SIZE as u32);
         set_u64(&mut bytes, header::IMAGE_LENGTH, length as u64);

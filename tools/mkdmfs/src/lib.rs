@@ -15,9 +15,21 @@
 //! boot = true                          # exactly one capsule is the boot capsule
 //! manage = true                        # may use the management interface, default false
 //! restart = "never"                    # never | on-failure | always, default never
+//!
+//! [[capsule.disk]]                     # 0 to 4 per capsule, each after its [[capsule]]
+//! name = "data"                        # required: 1..=20 bytes of the capsule name characters,
+//!                                      # unique within the capsule; the guest's virtio-blk device ID
+//! start = "64M"                        # required: byte offset into the machine's disk
+//! size = "64M"                         # required: bytes, > 0
+//! read-only = false                    # default false
 //! ```
 //!
 //! Relative paths are relative to the folder holding the manifest.
+//!
+//! A disk is an extent of the machine's own disk. `start` and `size` take the same forms as
+//! `memory` and must be multiples of 4 KiB. No two disks of a manifest may share a byte, whichever
+//! capsules they belong to and whether or not they are read-only; touching (one ending where the
+//! next starts) is fine. Whether the extents fit on the machine's disk is only known when Keel runs.
 //!
 //! An image can be signed with an Ed25519 key pair ([`Built::sign`], `mkdmfs --sign-key FILE`):
 //! key files hold the 32 raw bytes of a secret seed or of a public key ([`read_key_file`]).
@@ -29,9 +41,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use keel_dmfs::layout::{DISK_ALIGNMENT, MAX_DISKS, SECTOR_SIZE};
 use keel_dmfs::{
-    BuildError, CapsuleProblem, CapsuleSpec, FormatError, ImageBuilder, KernelFormat, KeyId,
-    RestartPolicy,
+    BuildError, CapsuleProblem, CapsuleSpec, DiskProblem, DiskSpec, FormatError, ImageBuilder,
+    KernelFormat, KeyId, RestartPolicy,
 };
 use keel_linux_boot::{ImageError, KernelKind, PlacementError};
 use serde::Deserialize;
@@ -92,6 +105,24 @@ pub struct CapsuleEntry {
     pub manage: Option<bool>,
     /// `"never"`, `"on-failure"` or `"always"`.
     pub restart: Option<String>,
+    /// The `[[capsule.disk]]` entries, in file order.
+    #[serde(default, rename = "disk")]
+    pub disks: Vec<DiskEntry>,
+}
+
+/// One `[[capsule.disk]]` entry as written; like [`CapsuleEntry`], required keys are optional here.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskEntry {
+    /// Name, unique within the capsule; the guest sees it as the virtio-blk device ID.
+    pub name: Option<String>,
+    /// Byte offset into the machine's disk: an integer or a string such as `"64M"`.
+    pub start: Option<toml::Value>,
+    /// Length in bytes: an integer or a string such as `"64M"`.
+    pub size: Option<toml::Value>,
+    /// The guest may only read the disk.
+    #[serde(rename = "read-only")]
+    pub read_only: Option<bool>,
 }
 
 /// What is wrong with one capsule entry.
@@ -185,6 +216,63 @@ pub enum CapsuleError {
     /// A rule of the image format (name characters, command line, ...) is broken.
     #[error("{0}")]
     Format(CapsuleProblem),
+    /// More `[[capsule.disk]]` entries than a capsule may have.
+    #[error("has {count} [[capsule.disk]] entries; at most {MAX_DISKS} are allowed")]
+    TooManyDisks {
+        /// The number of entries.
+        count: usize,
+    },
+}
+
+/// What is wrong with one `[[capsule.disk]]` entry.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// A required key is absent.
+    #[error("missing required key `{0}`")]
+    MissingKey(&'static str),
+    /// The name breaks a rule of the image format.
+    #[error("{0}")]
+    Name(DiskProblem),
+    /// `start` or `size` cannot be read as a size.
+    #[error("`{key}` = {value} is not a size: {reason}")]
+    BadSize {
+        /// `"start"` or `"size"`.
+        key: &'static str,
+        /// The value as written.
+        value: String,
+        /// Why it was not accepted.
+        reason: &'static str,
+    },
+    /// `start` or `size` is not a multiple of 4 KiB.
+    #[error("`{key}` = {} ({bytes:#x} bytes) is not a multiple of 4 KiB", Size(*bytes))]
+    Misaligned {
+        /// `"start"` or `"size"`.
+        key: &'static str,
+        /// The value in bytes.
+        bytes: u64,
+    },
+    /// `size` is zero.
+    #[error("`size` is zero")]
+    Empty,
+    /// `start + size` is past the largest byte offset 64 bits hold.
+    #[error("`start` {start:#x} plus `size` {size:#x} ends past the largest 64-bit byte offset")]
+    Overflows {
+        /// Start in bytes.
+        start: u64,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// Another disk of the same capsule has this name.
+    #[error("disk entries {first} and {second} of this capsule are both named so")]
+    DuplicateName {
+        /// Position (1-based) of the first disk entry with the name.
+        first: usize,
+        /// Position (1-based) of the second.
+        second: usize,
+    },
+    /// The image writer refused the disk.
+    #[error("{0}")]
+    Format(DiskProblem),
 }
 
 /// Why a manifest could not be turned into an image.
@@ -223,6 +311,34 @@ pub enum ManifestError {
         first: String,
         /// The second boot entry.
         second: String,
+    },
+    /// One disk entry is wrong.
+    #[error("capsule {capsule} disk {disk}: {problem}")]
+    Disk {
+        /// The capsule, by name or by position.
+        capsule: String,
+        /// The disk, by name or by position.
+        disk: String,
+        /// What is wrong with it.
+        problem: DiskError,
+    },
+    /// Two disks share bytes of the machine's disk.
+    #[error(
+        "capsule {first_capsule} disk {first_disk} overlaps capsule {second_capsule} disk {second_disk} (bytes {start:#x}..{end:#x})"
+    )]
+    DisksOverlap {
+        /// Capsule of the disk written first in the manifest.
+        first_capsule: String,
+        /// That disk.
+        first_disk: String,
+        /// Capsule of the disk written later.
+        second_capsule: String,
+        /// That disk.
+        second_disk: String,
+        /// First byte they share.
+        start: u64,
+        /// The byte just past the last one they share.
+        end: u64,
     },
     /// The image writer refused the result.
     #[error("cannot build the image: {0}")]
@@ -321,6 +437,8 @@ pub struct CapsuleSummary {
     pub manage: bool,
     /// Restart policy.
     pub restart: RestartPolicy,
+    /// Disks, in manifest order.
+    pub disks: Vec<DiskSpec>,
 }
 
 impl fmt::Display for CapsuleSummary {
@@ -361,7 +479,18 @@ impl fmt::Display for CapsuleSummary {
                 write!(f, ", {label}")?;
             }
         }
-        write!(f, ", restart {}", self.restart)
+        write!(f, ", restart {}", self.restart)?;
+        for disk in &self.disks {
+            write!(
+                f,
+                ", disk {} {} at {}{}",
+                disk.name,
+                Size(disk.sectors.saturating_mul(SECTOR_SIZE)),
+                Size(disk.start_sector.saturating_mul(SECTOR_SIZE)),
+                if disk.read_only { " read-only" } else { "" }
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -451,6 +580,7 @@ fn expand(key: &'static str, value: &str, defines: &Defines) -> Result<String, C
 
 /// A capsule entry whose values have been checked, before any file is read.
 struct Resolved {
+    disks: Vec<DiskSpec>,
     name: String,
     kernel: PathBuf,
     kernel_format: KernelFormat,
@@ -462,6 +592,124 @@ struct Resolved {
     boot: bool,
     manage: bool,
     restart: RestartPolicy,
+}
+
+/// Reads a size value: an integer byte count or a string such as `"64M"`.
+fn size_of_value(value: &toml::Value) -> Result<u64, &'static str> {
+    match value {
+        toml::Value::Integer(bytes) => u64::try_from(*bytes).map_err(|_| "it is negative"),
+        toml::Value::String(text) => parse_size(text),
+        _ => Err("expected a byte count or a string such as \"64M\""),
+    }
+}
+
+/// Checks one `[[capsule.disk]]` entry on its own and converts it to sectors.
+fn resolve_disk(entry: &DiskEntry) -> Result<DiskSpec, DiskError> {
+    let name = entry.name.clone().ok_or(DiskError::MissingKey("name"))?;
+    keel_dmfs::check_disk_name(name.as_bytes()).map_err(DiskError::Name)?;
+    let bytes = |key| -> Result<u64, DiskError> {
+        let value = match key {
+            "start" => entry.start.as_ref(),
+            _ => entry.size.as_ref(),
+        }
+        .ok_or(DiskError::MissingKey(key))?;
+        let bytes = size_of_value(value).map_err(|reason| DiskError::BadSize {
+            key,
+            value: value.to_string(),
+            reason,
+        })?;
+        if bytes.is_multiple_of(DISK_ALIGNMENT) {
+            Ok(bytes)
+        } else {
+            Err(DiskError::Misaligned { key, bytes })
+        }
+    };
+    let start = bytes("start")?;
+    let size = bytes("size")?;
+    if size == 0 {
+        return Err(DiskError::Empty);
+    }
+    if start.checked_add(size).is_none() {
+        return Err(DiskError::Overflows { start, size });
+    }
+    Ok(DiskSpec {
+        name,
+        start_sector: start / SECTOR_SIZE,
+        sectors: size / SECTOR_SIZE,
+        read_only: entry.read_only.unwrap_or(false),
+    })
+}
+
+/// How a disk entry is named in messages: by its name, or by its 1-based position if it has none.
+fn disk_label(entry: &DiskEntry, index: usize) -> String {
+    match entry.name.as_deref() {
+        Some(name) if !name.is_empty() => format!("{name:?}"),
+        _ => format!("entry {} (unnamed)", index + 1),
+    }
+}
+
+/// Checks the disks of one capsule entry: each on its own, their number and their names.
+fn resolve_disks(entry: &CapsuleEntry, capsule: &str) -> Result<Vec<DiskSpec>, ManifestError> {
+    let mut disks: Vec<DiskSpec> = Vec::with_capacity(entry.disks.len());
+    for (index, disk_entry) in entry.disks.iter().enumerate() {
+        let fail = |problem| ManifestError::Disk {
+            capsule: capsule.to_owned(),
+            disk: disk_label(disk_entry, index),
+            problem,
+        };
+        let disk = resolve_disk(disk_entry).map_err(fail)?;
+        if let Some(first) = disks.iter().position(|earlier| earlier.name == disk.name) {
+            return Err(fail(DiskError::DuplicateName {
+                first: first + 1,
+                second: index + 1,
+            }));
+        }
+        disks.push(disk);
+    }
+    // Counted after the entries are checked, so a fifth disk that is also wrong in itself is
+    // reported for what is wrong with it first.
+    if disks.len() > usize::from(MAX_DISKS) {
+        return Err(ManifestError::Capsule {
+            capsule: capsule.to_owned(),
+            problem: CapsuleError::TooManyDisks { count: disks.len() },
+        });
+    }
+    Ok(disks)
+}
+
+/// Checks that no two disks of the manifest share a byte.
+fn check_disk_overlaps(resolved: &[Resolved]) -> Result<(), ManifestError> {
+    let extent = |disk: &DiskSpec| {
+        (
+            // `resolve_disk` made sure the end fits in 64 bits; saturating keeps that a non-issue.
+            disk.start_sector.saturating_mul(SECTOR_SIZE),
+            disk.start_sector
+                .saturating_add(disk.sectors)
+                .saturating_mul(SECTOR_SIZE),
+        )
+    };
+    let all: Vec<(&Resolved, &DiskSpec)> = resolved
+        .iter()
+        .flat_map(|capsule| capsule.disks.iter().map(move |disk| (capsule, disk)))
+        .collect();
+    for (index, &(capsule, disk)) in all.iter().enumerate() {
+        let (start, end) = extent(disk);
+        for &(earlier_capsule, earlier) in &all[..index] {
+            let (earlier_start, earlier_end) = extent(earlier);
+            let shared = start.max(earlier_start)..end.min(earlier_end);
+            if !shared.is_empty() {
+                return Err(ManifestError::DisksOverlap {
+                    first_capsule: format!("{:?}", earlier_capsule.name),
+                    first_disk: format!("{:?}", earlier.name),
+                    second_capsule: format!("{:?}", capsule.name),
+                    second_disk: format!("{:?}", disk.name),
+                    start: shared.start,
+                    end: shared.end,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn memory_of(value: &toml::Value) -> Result<u64, CapsuleError> {
@@ -521,6 +769,7 @@ fn resolve(entry: &CapsuleEntry, base: &Path, defines: &Defines) -> Result<Resol
         Some(other) => return Err(CapsuleError::BadRestart(other.to_owned())),
     };
     Ok(Resolved {
+        disks: Vec::new(),
         name,
         kernel,
         kernel_format,
@@ -605,6 +854,7 @@ fn load(capsule: Resolved) -> Result<(CapsuleSpec, CapsuleSummary), CapsuleError
         autostart: capsule.autostart,
         manage: capsule.manage,
         restart: capsule.restart,
+        disks: capsule.disks.clone(),
     };
     let spec = CapsuleSpec {
         name: capsule.name,
@@ -618,6 +868,7 @@ fn load(capsule: Resolved) -> Result<(CapsuleSpec, CapsuleSummary), CapsuleError
         may_manage: capsule.manage,
         restart: capsule.restart,
         kernel_format: capsule.kernel_format,
+        disks: capsule.disks,
     };
     Ok((spec, summary))
 }
@@ -630,22 +881,34 @@ fn label(entry: &CapsuleEntry, index: usize) -> String {
     }
 }
 
-/// Checks a parsed manifest and builds the image. Relative paths are resolved against `base`.
-pub fn build_manifest(
+/// Checks everything about a parsed manifest that does not need its files: each entry's keys and
+/// values, `${NAME}` expansion, unique names, exactly one boot capsule, and disks that are valid
+/// and share no byte. Reads nothing.
+pub fn check_manifest(
     manifest: &Manifest,
     base: &Path,
     defines: &Defines,
-) -> Result<Built, ManifestError> {
+) -> Result<(), ManifestError> {
+    resolve_all(manifest, base, defines).map(|_| ())
+}
+
+/// The checks of [`check_manifest`], keeping the resolved entries for the build.
+fn resolve_all(
+    manifest: &Manifest,
+    base: &Path,
+    defines: &Defines,
+) -> Result<Vec<Resolved>, ManifestError> {
     if manifest.capsules.is_empty() {
         return Err(ManifestError::NoCapsules);
     }
-    // Check every entry's values first, so a mistake is reported before large files are read.
     let mut resolved = Vec::with_capacity(manifest.capsules.len());
     for (index, entry) in manifest.capsules.iter().enumerate() {
-        let capsule = resolve(entry, base, defines).map_err(|problem| ManifestError::Capsule {
-            capsule: label(entry, index),
-            problem,
-        })?;
+        let mut capsule =
+            resolve(entry, base, defines).map_err(|problem| ManifestError::Capsule {
+                capsule: label(entry, index),
+                problem,
+            })?;
+        capsule.disks = resolve_disks(entry, &label(entry, index))?;
         resolved.push(capsule);
     }
     for (second, capsule) in resolved.iter().enumerate() {
@@ -660,17 +923,26 @@ pub fn build_manifest(
             });
         }
     }
+    check_disk_overlaps(&resolved)?;
     let mut boot = resolved.iter().filter(|capsule| capsule.boot);
     match (boot.next(), boot.next()) {
-        (None, _) => return Err(ManifestError::NoBootCapsule),
-        (Some(first), Some(second)) => {
-            return Err(ManifestError::MultipleBootCapsules {
-                first: format!("{:?}", first.name),
-                second: format!("{:?}", second.name),
-            })
-        }
-        (Some(_), None) => {}
+        (None, _) => Err(ManifestError::NoBootCapsule),
+        (Some(first), Some(second)) => Err(ManifestError::MultipleBootCapsules {
+            first: format!("{:?}", first.name),
+            second: format!("{:?}", second.name),
+        }),
+        (Some(_), None) => Ok(resolved),
     }
+}
+
+/// Checks a parsed manifest and builds the image. Relative paths are resolved against `base`.
+pub fn build_manifest(
+    manifest: &Manifest,
+    base: &Path,
+    defines: &Defines,
+) -> Result<Built, ManifestError> {
+    // Check every entry's values first, so a mistake is reported before large files are read.
+    let resolved = resolve_all(manifest, base, defines)?;
 
     let mut builder = ImageBuilder::new();
     let mut summaries = Vec::with_capacity(resolved.len());
@@ -684,6 +956,15 @@ pub fn build_manifest(
             BuildError::Capsule { name, problem } => ManifestError::Capsule {
                 capsule: format!("{name:?}"),
                 problem: CapsuleError::Format(problem),
+            },
+            BuildError::Disk {
+                capsule,
+                disk,
+                problem,
+            } => ManifestError::Disk {
+                capsule: format!("{capsule:?}"),
+                disk: format!("{disk:?}"),
+                problem: DiskError::Format(problem),
             },
             other => ManifestError::Build(other),
         })?;
