@@ -180,6 +180,8 @@ pub struct Definition {
     pub may_manage: bool,
     /// What to do when the capsule shuts down or fails.
     pub restart: keel_dmfs::RestartPolicy,
+    /// Its disks: extents of the machine's disk.
+    pub disks: keel_dmfs::Disks<'static>,
 }
 
 /// A running (or stopped) virtual machine.
@@ -277,6 +279,29 @@ impl core::fmt::Display for CreateError {
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
+/// Refuses disks that overlap a disk of a capsule that exists now, or the manifest image at the start of the
+/// machine's disk. mkdmfs and the image parser already refuse overlaps within one image; this catches capsules
+/// from different images (bundled and on the disk).
+fn check_disks_unshared(name: &str, disks: &[crate::vdev::DiskSpec<'_>]) -> Result<(), String> {
+    let overlap = |a: (u64, u64), b: (u64, u64)| a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1);
+    let stored = crate::storage::sectors_in_use();
+    for disk in disks {
+        let extent = (disk.start_sector, disk.sectors);
+        if stored > 0 && overlap(extent, (0, stored)) {
+            return Err(format!("disk '{}' overlaps the manifest image at the start of the machine's disk", disk.name));
+        }
+        for other in CAPSULES.lock().iter() {
+            if let Some(theirs) = { other.definition.disks }.find(|d| overlap(extent, (d.start_sector, d.sectors))) {
+                return Err(format!(
+                    "disk '{}' of '{name}' overlaps disk '{}' of running capsule '{}'",
+                    disk.name, theirs.name, other.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Capsule {
     /// Builds a capsule: allocates and maps its RAM, loads its kernel, initrd and device tree. Its vCPUs are
     /// neither placed on harts nor started.
@@ -284,8 +309,19 @@ impl Capsule {
         if definition.vcpus == 0 || definition.vcpus as usize > MAX_VCPUS {
             return Err(CreateError::BadVcpuCount(definition.vcpus));
         }
-        let virtio = crate::vdev::build(&[]).map_err(CreateError::Devices)?;
+        let disks: Vec<crate::vdev::DiskSpec<'_>> = definition
+            .disks
+            .map(|disk| crate::vdev::DiskSpec {
+                name: disk.name,
+                start_sector: disk.start_sector,
+                sectors: disk.sectors,
+                read_only: disk.read_only,
+            })
+            .collect();
+        check_disks_unshared(definition.name, &disks).map_err(CreateError::Devices)?;
+        let virtio = crate::vdev::build(&disks).map_err(CreateError::Devices)?;
         let memory = GuestMemory::allocate(RAM_BASE, definition.memory).ok_or(CreateError::OutOfMemory("RAM"))?;
+        log::info!("capsule '{}' RAM at host {}", definition.name, memory.host_ranges());
         let mut tables = HostTables;
         let mut gstage = GStage::new(&mut tables, Mode::Sv39x4).map_err(CreateError::Map)?;
         for (gpa, hpa) in memory.chunks() {

@@ -5,6 +5,7 @@
 //! the memory behind it.
 
 use alloc::vec::Vec;
+use core::fmt;
 
 use crate::memory;
 
@@ -96,12 +97,40 @@ impl GuestMemory {
         })
     }
 
+    /// The host-physical memory behind this RAM as compact ranges, for the log (a test matches them between
+    /// capsules to see that freed memory is reused, and scrubbed).
+    pub fn host_ranges(&self) -> HostRanges {
+        let mut chunks = self.chunks.clone();
+        chunks.sort_unstable();
+        HostRanges(chunks)
+    }
+
     /// Zeroes all of this RAM.
     pub fn scrub(&self) {
         for &chunk in &self.chunks {
             // SAFETY: the chunk belongs to this capsule alone.
             unsafe { core::ptr::write_bytes(chunk as *mut u8, 0, CHUNK as usize) };
         }
+    }
+}
+
+/// Sorted host chunk addresses; shown as `0x88000000..0x89000000 0x8a000000..0x8a200000`, adjacent chunks merged.
+pub struct HostRanges(Vec<usize>);
+
+impl fmt::Display for HostRanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let chunk = CHUNK as usize;
+        let mut chunks = self.0.iter().copied();
+        let Some(mut start) = chunks.next() else { return f.write_str("none") };
+        let mut end = start + chunk;
+        for next in chunks {
+            if next != end {
+                write!(f, "{start:#x}..{end:#x} ")?;
+                start = next;
+            }
+            end = next + chunk;
+        }
+        write!(f, "{start:#x}..{end:#x}")
     }
 }
 

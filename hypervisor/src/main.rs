@@ -23,6 +23,7 @@ mod platform;
 mod run;
 mod sched;
 mod stats;
+mod storage;
 mod vcpu;
 mod vdev;
 mod verify;
@@ -191,6 +192,8 @@ pub fn bundled_image() -> Option<&'static keel_dmfs::Image<'static>> {
 /// Why a capsule from the image could not be started.
 pub enum StartError {
     NoSuchCapsule,
+    /// Not in the bundled image, and the disk offers no image to look in (the reason).
+    NotInImages(&'static str),
     Failed(String),
 }
 
@@ -207,6 +210,7 @@ fn start_capsule(entry: &keel_dmfs::Capsule<'static>) -> Result<Arc<Capsule>, St
         boot: entry.boot,
         may_manage: entry.may_manage,
         restart: entry.restart,
+        disks: entry.disks,
     };
     // VMIDs wrap after 2^14 - 1 capsules; a reused VMID is safe because every hart flushes the G-stage TLB
     // whenever it switches vCPUs.
@@ -221,10 +225,22 @@ fn start_capsule(entry: &keel_dmfs::Capsule<'static>) -> Result<Arc<Capsule>, St
     Ok(capsule)
 }
 
-/// Starts the capsule named `name` from the bundled image (for the management device).
+/// Starts the capsule named `name` (for the management device): from the bundled image, or else from the
+/// manifest image on the machine's disk.
 pub fn start_capsule_by_name(name: &str) -> Result<Arc<Capsule>, StartError> {
-    let entry = bundled_image().and_then(|image| image.capsule(name)).ok_or(StartError::NoSuchCapsule)?;
-    start_capsule(&entry).map_err(StartError::Failed)
+    if let Some(entry) = bundled_image().and_then(|image| image.capsule(name)) {
+        return start_capsule(&entry).map_err(StartError::Failed);
+    }
+    match storage::image() {
+        Ok(image) => {
+            let mut entry = image.capsule(name).ok_or(StartError::NoSuchCapsule)?;
+            // Only the bundled image's boot capsule is the machine's boot capsule (whose shutdown powers the
+            // machine off); in an image on the disk the flag means nothing.
+            entry.boot = false;
+            start_capsule(&entry).map_err(StartError::Failed)
+        }
+        Err(why) => Err(StartError::NotInImages(why)),
+    }
 }
 
 /// Creates the boot capsule and every autostart capsule of the bundled image.

@@ -125,8 +125,12 @@ fn command(caller_capsule: &Arc<Capsule>, command: u32, name: &str) -> (u32, Str
             match crate::start_capsule_by_name(name) {
                 Ok(capsule) => (STATUS_OK, format!("started capsule {} '{}'\n", capsule.id, capsule.name)),
                 Err(crate::StartError::NoSuchCapsule) => {
-                    (STATUS_NO_SUCH_CAPSULE, format!("the manifest image has no capsule '{name}'\n"))
+                    (STATUS_NO_SUCH_CAPSULE, format!("no manifest image has a capsule '{name}'\n"))
                 }
+                Err(crate::StartError::NotInImages(why)) => (
+                    STATUS_NO_SUCH_CAPSULE,
+                    format!("the bundled manifest image has no capsule '{name}', and {why}\n"),
+                ),
                 Err(crate::StartError::Failed(why)) => (STATUS_FAILED, format!("capsule '{name}' did not start: {why}\n")),
             }
         }
@@ -204,6 +208,22 @@ fn list() -> String {
                 "-",
                 entry.name,
                 "stopped",
+                entry.vcpus,
+                entry.memory >> 20,
+                "-"
+            );
+        }
+    }
+    // Capsules of the disk's manifest image, which `start` also finds; "on-disk" until started.
+    if let Ok(image) = crate::storage::image() {
+        let bundled = |name: &str| crate::bundled_image().is_some_and(|image| image.capsule(name).is_some());
+        for entry in image.capsules().filter(|e| !bundled(e.name) && !running.iter().any(|c| c.name == e.name)) {
+            let _ = writeln!(
+                text,
+                "{:<4} {:<16} {:<8} {:>5} {:>7}Mi {:>9}",
+                "-",
+                entry.name,
+                "on-disk",
                 entry.vcpus,
                 entry.memory >> 20,
                 "-"

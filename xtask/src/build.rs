@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::cache;
 use crate::images;
@@ -47,7 +47,7 @@ impl Signing {
         Ok(Signing::Key(pair))
     }
 
-    fn secret_key(&self) -> Option<&[u8; mkdmfs::KEY_FILE_LEN]> {
+    pub fn secret_key(&self) -> Option<&[u8; mkdmfs::KEY_FILE_LEN]> {
         match self {
             Signing::Key(pair) => Some(&pair.secret),
             Signing::UnsignedDev => None,
@@ -196,6 +196,39 @@ pub fn build_hypervisor_around_bad_image(
         }
     };
     build_hypervisor(workspace, &image, &signing)
+}
+
+/// Writes a fresh sparse disk image of `size_mib` MiB at `path` with the signed manifest image of `manifest` at its
+/// start, where Keel looks for capsules it does not have bundled (docs/management.md). With `tampered`, one bit of
+/// the stored image is flipped after signing, so Keel must refuse it.
+pub fn write_disk_with_image(
+    workspace: &Workspace,
+    path: &Path,
+    size_mib: u64,
+    manifest: &Path,
+    defines: &[(String, String)],
+    tampered: bool,
+) -> Result<()> {
+    let signing = Signing::choose(workspace, false)?;
+    let image = build_dmfs(workspace, manifest, defines, signing.secret_key(), "-disk")?;
+    let mut bytes = fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
+    if tampered {
+        let at = flip_kernel_byte(&mut bytes)?;
+        shell::step(&format!("flipped one bit of the stored image at offset {at:#x}, after signing"));
+    }
+    if bytes.len() as u64 > size_mib << 20 {
+        bail!("the manifest image ({} bytes) does not fit a {size_mib} MiB disk", bytes.len());
+    }
+    if path.exists() {
+        fs::remove_file(path).with_context(|| format!("cannot remove the old {}", path.display()))?;
+    }
+    crate::qemu::ensure_disk_image(path, size_mib)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    std::io::Write::write_all(&mut file, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Flips one bit in the middle of the boot capsule's kernel and recomputes the checksum, as someone

@@ -97,6 +97,50 @@ pub fn machine_args(machine: &Machine, payload: &Payload) -> Vec<OsString> {
     args
 }
 
+/// Arguments that give the machine a raw disk image on the virtio-mmio bus (Keel's host disk, whose extents back
+/// the capsules' disks). Writes go to the file, so what is written survives the machine.
+pub fn disk_args(image: &Path) -> Vec<OsString> {
+    let mut drive = OsString::from("file=");
+    drive.push(image);
+    drive.push(",if=none,format=raw,id=keel-disk");
+    ["-drive".into(), drive, "-device".into(), "virtio-blk-device,drive=keel-disk".into()].to_vec()
+}
+
+/// A TCP port of the machine running QEMU forwarded into the machine's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortForward {
+    pub host_port: u16,
+    pub guest_address: String,
+    pub guest_port: u16,
+}
+
+/// Arguments that give the machine a network card on QEMU's user-mode network (10.0.2.0/24, gateway 10.0.2.2),
+/// with `forwards` from 127.0.0.1 on the machine running QEMU.
+pub fn network_args(forwards: &[PortForward]) -> Vec<OsString> {
+    let mut netdev = String::from("user,id=keel-net");
+    for forward in forwards {
+        netdev.push_str(&format!(
+            ",hostfwd=tcp:127.0.0.1:{}-{}:{}",
+            forward.host_port, forward.guest_address, forward.guest_port
+        ));
+    }
+    ["-netdev".into(), netdev.into(), "-device".into(), "virtio-net-device,netdev=keel-net".into()].to_vec()
+}
+
+/// Makes (or keeps) a sparse raw disk image of `size_mib` MiB at `path`.
+pub fn ensure_disk_image(path: &Path, size_mib: u64) -> Result<()> {
+    if path.is_file() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    shell::step(&format!("making a {size_mib} MiB host disk image at {}", path.display()));
+    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.set_len(size_mib << 20).with_context(|| format!("cannot size {}", path.display()))?;
+    Ok(())
+}
+
 /// A QEMU binary plus what it needs to run from outside the system paths.
 #[derive(Debug, Clone)]
 pub struct Qemu {
