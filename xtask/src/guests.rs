@@ -1,4 +1,5 @@
-//! The bare-metal test guest `guests/sbi-check`: building its flat binary, and reading the verdict it prints.
+//! The bare-metal test guests `guests/sbi-check` and `guests/hostile`: building their flat binaries, and reading the
+//! verdict the SBI check guest prints.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,6 +16,8 @@ use crate::Workspace;
 
 const SBI_CHECK_PACKAGE: &str = "keel-sbi-check";
 const SBI_CHECK_EXECUTABLE: &str = "sbi-check";
+const HOSTILE_PACKAGE: &str = "keel-hostile";
+const HOSTILE_EXECUTABLE: &str = "hostile";
 /// From binutils-riscv64-linux-gnu, which `cargo xtask setup` installs.
 const OBJCOPY: &str = "riscv64-linux-gnu-objcopy";
 
@@ -25,12 +28,23 @@ const PREFIX: &str = "sbi-check: ";
 /// which loads at 0x80200000 both natively (`-kernel` with `-bios default`) and as a capsule's
 /// `kernel_format = "flat"` kernel. Returns the binary's path.
 pub fn build_sbi_check(workspace: &Workspace) -> Result<PathBuf> {
+    build_flat_guest(workspace, SBI_CHECK_PACKAGE, SBI_CHECK_EXECUTABLE, "the SBI check guest")
+}
+
+/// Builds the hostile test guest (guests/hostile, docs/hostile.md), which shares the SBI check guest's runtime
+/// and load address, and flattens it to target/keel/hostile.bin the same way.
+pub fn build_hostile(workspace: &Workspace) -> Result<PathBuf> {
+    build_flat_guest(workspace, HOSTILE_PACKAGE, HOSTILE_EXECUTABLE, "the hostile guest")
+}
+
+/// Builds `executable` of `package` in release mode for RISC-V and flattens it to target/keel/<executable>.bin.
+fn build_flat_guest(workspace: &Workspace, package: &str, executable: &str, what: &str) -> Result<PathBuf> {
     if shell::which(OBJCOPY).is_none() {
         setup::ensure_host_tools()?;
     }
-    let binary = workspace.keel_dir().join("sbi-check.bin");
+    let binary = workspace.keel_dir().join(format!("{executable}.bin"));
     shell::step(&format!(
-        "building the SBI check guest for {HYPERVISOR_TARGET} and flattening it to {}",
+        "building {what} for {HYPERVISOR_TARGET} and flattening it to {}",
         binary.display()
     ));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -39,9 +53,9 @@ pub fn build_sbi_check(workspace: &Workspace) -> Result<PathBuf> {
         "build",
         "--release",
         "-p",
-        SBI_CHECK_PACKAGE,
+        package,
         "--bin",
-        SBI_CHECK_EXECUTABLE,
+        executable,
         "--target",
         HYPERVISOR_TARGET,
     ]);
@@ -50,8 +64,8 @@ pub fn build_sbi_check(workspace: &Workspace) -> Result<PathBuf> {
         .target
         .join(HYPERVISOR_TARGET)
         .join("release")
-        .join(SBI_CHECK_EXECUTABLE);
-    images::require_file(&elf, "the SBI check guest executable")?;
+        .join(executable);
+    images::require_file(&elf, &format!("{what}'s executable"))?;
 
     std::fs::create_dir_all(workspace.keel_dir())
         .with_context(|| format!("cannot create {}", workspace.keel_dir().display()))?;

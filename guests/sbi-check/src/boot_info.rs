@@ -111,7 +111,16 @@ pub struct BootInfo<'a> {
     pub bootargs: &'a str,
     /// Ticks per second of `rdtime`.
     pub timebase_frequency: u64,
+    /// The first RAM region (base, size), when the tree has a usable `/memory` node.
+    pub memory: Option<(u64, u64)>,
+    /// Register bases of the `virtio,mmio` nodes, in tree order (at most [`MAX_VIRTIO`]).
+    pub virtio: [u64; MAX_VIRTIO],
+    /// How many entries of `virtio` are used.
+    pub virtio_count: usize,
 }
+
+/// The most `virtio,mmio` nodes recorded.
+pub const MAX_VIRTIO: usize = 8;
 
 impl BootInfo<'_> {
     /// Whether the command line selects the benchmark mode: it contains `bench`.
@@ -360,9 +369,30 @@ pub fn read(checked: &[u8]) -> Result<BootInfo<'_>, DeviceTreeError> {
         })
         .filter(|&frequency| frequency != 0)
         .ok_or(DeviceTreeError::NoTimebaseFrequency)?;
+    let memory = tree.memory().regions().find_map(|region| {
+        let size = region.size? as u64;
+        (size > 0).then_some((region.starting_address as u64, size))
+    });
+    let mut virtio = [0u64; MAX_VIRTIO];
+    let mut virtio_count = 0;
+    for node in tree.all_nodes() {
+        let is_virtio = node
+            .compatible()
+            .is_some_and(|compatible| compatible.all().any(|name| name == "virtio,mmio"));
+        if !is_virtio || virtio_count == MAX_VIRTIO {
+            continue;
+        }
+        if let Some(region) = node.reg().and_then(|mut regions| regions.next()) {
+            virtio[virtio_count] = region.starting_address as u64;
+            virtio_count += 1;
+        }
+    }
     Ok(BootInfo {
         bootargs,
         timebase_frequency,
+        memory,
+        virtio,
+        virtio_count,
     })
 }
 
@@ -396,8 +426,34 @@ mod tests {
         }
         writer.end_node(cpu).unwrap();
         writer.end_node(cpus).unwrap();
+        let memory = writer.begin_node("memory@80000000").unwrap();
+        writer.property_string("device_type", "memory").unwrap();
+        writer
+            .property_array_u64("reg", &[0x8000_0000, 0x100_0000])
+            .unwrap();
+        writer.end_node(memory).unwrap();
+        let soc = writer.begin_node("soc").unwrap();
+        writer.property_u32("#address-cells", 2).unwrap();
+        writer.property_u32("#size-cells", 2).unwrap();
+        for base in [0x1000_1000u64, 0x1000_2000] {
+            let node = writer.begin_node(&format!("virtio_mmio@{base:x}")).unwrap();
+            writer.property_string("compatible", "virtio,mmio").unwrap();
+            writer.property_array_u64("reg", &[base, 0x1000]).unwrap();
+            writer.end_node(node).unwrap();
+        }
+        writer.end_node(soc).unwrap();
         writer.end_node(root).unwrap();
         writer.finish().unwrap()
+    }
+
+    #[test]
+    fn reads_memory_and_virtio_slots() {
+        let blob = tree(None, true, 10_000_000);
+        let mut copy = vec![0u8; MAX_BLOB_SIZE];
+        let info = read(check_and_copy(&blob, &mut copy).unwrap()).unwrap();
+        assert_eq!(info.memory, Some((0x8000_0000, 0x100_0000)));
+        assert_eq!(info.virtio_count, 2);
+        assert_eq!(&info.virtio[..2], &[0x1000_1000, 0x1000_2000]);
     }
 
     fn read_tree(blob: &[u8]) -> Result<(String, u64), DeviceTreeError> {
@@ -426,11 +482,17 @@ mod tests {
         let info = BootInfo {
             bootargs: "console=ttyS0 bench",
             timebase_frequency: 1,
+            memory: None,
+            virtio: [0; MAX_VIRTIO],
+            virtio_count: 0,
         };
         assert!(info.wants_bench());
         let info = BootInfo {
             bootargs: "console=ttyS0 earlycon=sbi",
             timebase_frequency: 1,
+            memory: None,
+            virtio: [0; MAX_VIRTIO],
+            virtio_count: 0,
         };
         assert!(!info.wants_bench());
     }

@@ -69,9 +69,10 @@ pub fn print(arguments: fmt::Arguments<'_>) {
 }
 
 /// `println!` for the guest: one line on the SBI console.
+#[macro_export]
 macro_rules! println {
     ($($argument:tt)*) => {
         $crate::console::print(format_args!("{}\n", format_args!($($argument)*)))
     };
 }
-pub(crate) use println;
+pub use crate::println;

@@ -1,6 +1,6 @@
-//! The SBI calls the checks make, as typed wrappers over `ecall`.
+//! The SBI calls the guests make, as typed wrappers over `ecall`.
 
-use keel_sbi_check::SbiResult;
+use crate::SbiResult;
 use sbi_spec::{base, dbcn, hsm, legacy, rfnc, spi, srst, time};
 
 use crate::arch;

@@ -1,9 +1,8 @@
 //! The guest's own trap handler: records each trap and steps over the instruction that caused it.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use keel_sbi_check::instruction_length;
-
+use crate::instruction_length;
 use crate::{arch, console, sbi};
 
 /// The interrupt bit of `scause` on RV64.
@@ -16,6 +15,24 @@ static COUNT: AtomicUsize = AtomicUsize::new(0);
 static CAUSE: AtomicUsize = AtomicUsize::new(0);
 static VALUE: AtomicUsize = AtomicUsize::new(0);
 static PC: AtomicUsize = AtomicUsize::new(0);
+/// Where a failed instruction fetch resumes, when a check jumps somewhere on purpose (0: nowhere, the fetch
+/// failure is fatal). Used once: the handler clears it.
+pub static FETCH_RESUME: AtomicUsize = AtomicUsize::new(0);
+/// The program name that opens the line a fatal trap prints (`<name>: FAILED trap: ...`); the SBI check
+/// guest's unless [`set_program_name`] chose another. One pointer, so a reader never sees half of a change.
+static NAME: AtomicPtr<&'static str> = AtomicPtr::new((&raw const DEFAULT_NAME).cast_mut());
+static DEFAULT_NAME: &str = "sbi-check";
+
+/// Names the program in the line a fatal trap prints, so the test reading the console knows whose it is.
+pub fn set_program_name(name: &'static &'static str) {
+    NAME.store((name as *const &'static str).cast_mut(), Ordering::SeqCst);
+}
+
+fn program_name() -> &'static str {
+    // SAFETY: NAME only ever holds a pointer made from a `&'static &'static str` (DEFAULT_NAME's or one given
+    // to `set_program_name`), which is valid and never written through.
+    unsafe { *NAME.load(Ordering::SeqCst) }
+}
 
 /// What the most recent trap left behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +80,13 @@ extern "C" fn sbi_check_trap() {
         return;
     }
     if FETCH_EXCEPTIONS.contains(&scause) {
-        fatal(scause, stval, sepc, "an instruction fetch failed");
+        match FETCH_RESUME.swap(0, Ordering::SeqCst) {
+            0 => fatal(scause, stval, sepc, "an instruction fetch failed"),
+            resume => {
+                arch::write_sepc(resume);
+                return;
+            }
+        }
     }
     // SAFETY: sepc is the instruction that raised this (non-fetch) exception, so it was fetched
     // from this guest's memory and is readable, and 2-byte aligned.
@@ -82,7 +105,8 @@ extern "C" fn sbi_check_trap() {
 /// A trap the guest cannot step over: say so and stop, since no later check could be trusted.
 fn fatal(scause: usize, stval: usize, sepc: usize, why: &str) -> ! {
     console::println!(
-        "sbi-check: FAILED trap: scause {scause:#x} stval {stval:#x} sepc {sepc:#x} cannot be skipped: {why}"
+        "{}: FAILED trap: scause {scause:#x} stval {stval:#x} sepc {sepc:#x} cannot be skipped: {why}",
+        program_name()
     );
     sbi::shutdown()
 }
