@@ -1,7 +1,9 @@
 //! Guest images in the cache: Debian's kernel and busybox, our initramfs, and the small kernel built from source.
 
 pub mod debian;
+pub mod debian_initramfs;
 pub mod initramfs;
+pub mod modules;
 pub mod smallkernel;
 
 use std::fs;
@@ -18,7 +20,10 @@ pub struct Images {
     pub debian_kernel: PathBuf,
     pub debian_modules: PathBuf,
     pub busybox: PathBuf,
+    /// The busybox initramfs every kernel can boot with.
     pub initramfs: PathBuf,
+    /// The busybox initramfs plus the virtio modules the Debian kernel does not have built in.
+    pub debian_initramfs: PathBuf,
     pub small_kernel: PathBuf,
 }
 
@@ -35,10 +40,11 @@ impl Images {
             ("debian/modules", &self.debian_modules),
             ("busybox", &self.busybox),
             ("initramfs.cpio", &self.initramfs),
+            ("initramfs-debian.cpio", &self.debian_initramfs),
             ("small/Image", &self.small_kernel),
         ] {
             let size = fs::metadata(path).map(|meta| meta.len()).unwrap_or(0);
-            println!("    {name:<16} -> {} ({} KiB)", path.display(), size / 1024);
+            println!("    {name:<21} -> {} ({} KiB)", path.display(), size / 1024);
         }
     }
 }
@@ -55,6 +61,12 @@ pub fn ensure(workspace: &Workspace) -> Result<Images> {
         &packages.busybox,
         &packages.busybox_record.sha256,
     )?;
+    let debian_initramfs = debian_initramfs::ensure(
+        workspace,
+        &initramfs,
+        &packages.modules,
+        &packages.kernel_record.sha256,
+    )?;
     let small_kernel = smallkernel::ensure(workspace)?;
     verify_linux_image(&small_kernel)?;
 
@@ -63,7 +75,8 @@ pub fn ensure(workspace: &Workspace) -> Result<Images> {
         ("debian/Image", &packages.kernel_image),
         ("debian/modules", &packages.modules),
         ("busybox", &packages.busybox),
-        ("initramfs.cpio", &initramfs),
+        ("initramfs.cpio", &initramfs.path),
+        ("initramfs-debian.cpio", &debian_initramfs),
         ("small/Image", &small_kernel),
     ];
     for (name, target) in links {
@@ -74,6 +87,7 @@ pub fn ensure(workspace: &Workspace) -> Result<Images> {
         debian_modules: dir.join("debian/modules"),
         busybox: dir.join("busybox"),
         initramfs: dir.join("initramfs.cpio"),
+        debian_initramfs: dir.join("initramfs-debian.cpio"),
         small_kernel: dir.join("small/Image"),
         dir,
     })

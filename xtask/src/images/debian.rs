@@ -15,6 +15,8 @@ pub struct DebianPackages {
     pub kernel_image: PathBuf,
     /// `usr/lib/modules/<release>`, kept for guests that load virtio modules.
     pub modules: PathBuf,
+    /// The kernel package: its hash keys what is built from its modules.
+    pub kernel_record: PackageRecord,
     pub busybox_record: PackageRecord,
     /// The static riscv64 busybox binary.
     pub busybox: PathBuf,
@@ -68,6 +70,7 @@ pub fn fetch(cache: &Cache) -> Result<DebianPackages> {
     Ok(DebianPackages {
         kernel_image,
         modules,
+        kernel_record,
         busybox_record,
         busybox,
     })

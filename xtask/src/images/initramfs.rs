@@ -20,8 +20,14 @@ pub struct OverlayFile {
     pub contents: Vec<u8>,
 }
 
+/// A built archive in the cache and the key it is stored under, which archives built from it include in theirs.
+pub struct Archive {
+    pub path: PathBuf,
+    pub key: String,
+}
+
 /// Builds (or reuses) the archive; it is keyed by the overlay files and the busybox package hash.
-pub fn ensure(workspace: &Workspace, busybox: &Path, busybox_sha256: &str) -> Result<PathBuf> {
+pub fn ensure(workspace: &Workspace, busybox: &Path, busybox_sha256: &str) -> Result<Archive> {
     let overlay_root = workspace.root.join("guests/initramfs");
     let overlay = read_overlay(&overlay_root)?;
     let mut key = Key::new("initramfs");
@@ -31,8 +37,11 @@ pub fn ensure(workspace: &Workspace, busybox: &Path, busybox_sha256: &str) -> Re
         key.add(&file.path, &file.contents);
     }
     let destination = workspace.cache.dir("initramfs")?.join(key.short());
-    let archive = destination.join("initramfs.cpio");
-    if archive.is_file() {
+    let archive = Archive {
+        path: destination.join("initramfs.cpio"),
+        key: key.short(),
+    };
+    if archive.path.is_file() {
         return Ok(archive);
     }
     shell::step(&format!(
@@ -103,24 +112,7 @@ pub fn build(busybox: Vec<u8>, overlay: &[OverlayFile]) -> Result<Vec<u8>> {
     // rcS is a shell script, so a shell must exist before `busybox --install` creates the rest.
     archive.symlink("bin/sh", "busybox")?;
     for file in overlay {
-        let mut parent = String::new();
-        for part in file
-            .path
-            .split('/')
-            .collect::<Vec<_>>()
-            .split_last()
-            .map(|(_, dirs)| dirs)
-            .unwrap_or(&[])
-        {
-            if !parent.is_empty() {
-                parent.push('/');
-            }
-            parent.push_str(part);
-            match archive.directory(&parent, 0o755) {
-                Ok(_) | Err(cpio::CpioError::Duplicate(_)) => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
+        add_parents(&mut archive, &file.path)?;
         // Scripts must be executable whatever mode the checkout gave them.
         let mode = if file.contents.starts_with(b"#!") {
             0o755
@@ -130,6 +122,25 @@ pub fn build(busybox: Vec<u8>, overlay: &[OverlayFile]) -> Result<Vec<u8>> {
         archive.file(&file.path, mode, file.contents.clone())?;
     }
     Ok(archive.finish())
+}
+
+/// Adds the directories above `path` that the archive does not have yet (mode 0755), outermost first.
+pub fn add_parents(archive: &mut CpioWriter, path: &str) -> Result<(), cpio::CpioError> {
+    let Some((parents, _)) = path.rsplit_once('/') else {
+        return Ok(());
+    };
+    let mut parent = String::new();
+    for part in parents.split('/') {
+        if !parent.is_empty() {
+            parent.push('/');
+        }
+        parent.push_str(part);
+        match archive.directory(&parent, 0o755) {
+            Ok(_) | Err(cpio::CpioError::Duplicate(_)) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// Reads the archive back and checks the entries booting depends on.
