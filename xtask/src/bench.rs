@@ -17,7 +17,7 @@ use crate::build;
 use crate::console::Console;
 use crate::images::{self, Images};
 use crate::manifest;
-use crate::qemu::{Boot, Machine, Payload, Qemu};
+use crate::qemu::{self, Boot, Machine, Payload, Qemu};
 use crate::setup;
 use crate::shell;
 use crate::Workspace;
@@ -64,6 +64,10 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
         "Keel's memory footprint: image sections and what it reports at boot",
     ),
     ("scale", "several capsules at once"),
+    (
+        "io-disk",
+        "virtio-blk sequential write and read with O_DIRECT, Keel's disk (an extent of the host disk) vs QEMU's own virtio-blk natively",
+    ),
 ];
 
 const DEFAULT_REPS_SMALL: u32 = 5;
@@ -82,6 +86,9 @@ const SCALE_COUNTS: [usize; 4] = [1, 2, 4, 8];
 const SCALE_HARTS: u32 = 4;
 const SCALE_MACHINE_MIB: u64 = 2048;
 const SCALE_CAPSULE_MIB: u64 = 96;
+/// The disk benchmark: MiB moved each way, and the host disk image's size.
+const IO_MIB: u64 = 32;
+const IO_DISK_MIB: u64 = 256;
 const PROMPT: &str = "keel-guest# ";
 const BUSY_MARKER: &str = "keel-busy-done";
 /// The capsule every benchmark manifest boots.
@@ -209,6 +216,7 @@ pub fn run(workspace: &Workspace, options: &Options) -> Result<bool> {
             "exits-debian" => context.exits_benchmark(name, Kernel::Debian, reps_exits, interval),
             "footprint" => context.footprint_benchmark(name),
             "scale" => context.scale_benchmark(name, reps_small.min(3)),
+            "io-disk" => context.disk_benchmark(name, reps_small.min(3)),
             other => bail!("benchmark {other} is listed but has no implementation"),
         };
         benchmark.settle_status();
@@ -704,6 +712,73 @@ impl Context<'_> {
         benchmark
     }
 
+    /// virtio-blk throughput: the small kernel writes and then reads IO_MIB MiB of its disk with O_DIRECT in 1 MiB
+    /// blocks. Under Keel the disk is the boot capsule's 64 MiB extent (guests/manifests/disks.toml); natively the
+    /// kernel gets QEMU's virtio-blk on the same kind of raw image.
+    fn disk_benchmark(&mut self, name: &str, reps: u32) -> Benchmark {
+        let mut benchmark = Benchmark::new(name, "virtio-blk sequential write and read");
+        benchmark.notes.push(format!(
+            "`dd bs=1M count={IO_MIB}` with oflag=direct / iflag=direct on /dev/vda, timed with the guest's /proc/uptime (10 ms resolution); under Keel every request is served synchronously on the hart that notified, through Keel's own polled driver of the host disk"
+        ));
+        let variants = match self.disk_variants() {
+            Ok(variants) => variants,
+            Err(error) => {
+                benchmark.errors.push(format!("{error:#}"));
+                return benchmark;
+            }
+        };
+        for (variant, machine, payload, _) in &variants {
+            benchmark
+                .commands
+                .insert(variant.label().to_string(), shell::describe(&self.qemu.command(machine, payload)));
+        }
+        for (order, (index, repetition)) in stats::alternation(variants.len(), reps).into_iter().enumerate() {
+            let (variant, machine, payload, disk) = &variants[index];
+            let log = self.log_path(name, variant.label(), repetition);
+            let result = disk_session(&self.qemu, machine, payload, disk, &log);
+            benchmark.runs.push(record_run(order, variant.label(), repetition, result, &log));
+        }
+        let pick = |variant: Variant, key: &str| -> Vec<f64> {
+            benchmark
+                .runs
+                .iter()
+                .filter(|run| run.ok && run.variant == variant.label())
+                .filter_map(|run| run.values.get(key).copied())
+                .collect()
+        };
+        for (label, key) in [("sequential write", "write_mb_s"), ("sequential read", "read_mb_s")] {
+            benchmark.figures.push(Figure::compared(label, "MB/s", &pick(Variant::Keel, key), &pick(Variant::Native, key)));
+        }
+        benchmark
+    }
+
+    fn disk_variants(&mut self) -> Result<[(Variant, Machine, Payload, PathBuf); 2]> {
+        let hypervisor = self.hypervisor("disks")?;
+        let native = self.native_boot(Kernel::Small)?;
+        let keel_disk = self.bench_dir.join("io-disk-keel.img");
+        let native_disk = self.bench_dir.join("io-disk-native.img");
+        for disk in [&keel_disk, &native_disk] {
+            if disk.exists() {
+                fs::remove_file(disk).with_context(|| format!("cannot remove {}", disk.display()))?;
+            }
+            qemu::ensure_disk_image(disk, IO_DISK_MIB)?;
+        }
+        Ok([
+            (
+                Variant::Keel,
+                Machine { smp: HARTS, memory_mib: KEEL_MACHINE_MIB, cpu: None },
+                Payload::Hypervisor(hypervisor),
+                keel_disk,
+            ),
+            (
+                Variant::Native,
+                Machine { smp: HARTS, memory_mib: Kernel::Small.capsule_mib(), cpu: None },
+                Payload::Native(native),
+                native_disk,
+            ),
+        ])
+    }
+
     fn sbi_benchmark(&mut self, name: &str, reps: u32) -> Benchmark {
         let mut benchmark = Benchmark::new(
             name,
@@ -1098,6 +1173,51 @@ fn scale_session(qemu: &Qemu, machine: &Machine, hypervisor: &Path, count: usize
     result.map_err(|error| error.context(format!("last console lines:\n{}", console.tail(15))))
 }
 
+/// The guest's `/proc/uptime` before and after a command, from the line `io-uptime BEFORE AFTER`.
+fn uptime_span(line: &str) -> Option<f64> {
+    let mut words = line.trim().strip_prefix("io-uptime ")?.split_whitespace();
+    let before: f64 = words.next()?.parse().ok()?;
+    let after: f64 = words.next()?.parse().ok()?;
+    (after >= before).then_some(after - before)
+}
+
+/// Boots with `disk` attached, writes and reads /dev/vda with dd, powers off.
+fn disk_session(qemu: &Qemu, machine: &Machine, payload: &Payload, disk: &Path, log: &Path) -> Result<Record> {
+    const TIMEOUT: Duration = Duration::from_secs(180);
+    let mut command = qemu.command(machine, payload);
+    command.args(qemu::disk_args(disk));
+    let mut console = Console::spawn(command)?;
+    let result = (|| -> Result<Record> {
+        console.expect(READY, TIMEOUT).context("boot to the init-ready line")?;
+        console.expect(PROMPT, TIMEOUT).context("the first shell prompt")?;
+        let mut values = BTreeMap::new();
+        // busybox dd prints no rate, so the guest's own clock (/proc/uptime, 10 ms resolution) times it.
+        for (key, dd) in [
+            ("write_mb_s", format!("dd if=/dev/zero of=/dev/vda bs=1M count={IO_MIB} oflag=direct")),
+            ("read_mb_s", format!("dd if=/dev/vda of=/dev/null bs=1M count={IO_MIB} iflag=direct")),
+        ] {
+            let command = format!(
+                "a=$(cut -d' ' -f1 /proc/uptime); {dd} 2>/dev/null; b=$(cut -d' ' -f1 /proc/uptime); echo io-uptime $a $b"
+            );
+            console.send_line(&command)?;
+            let line = console
+                .expect_line(&format!("`io-uptime` after `{dd}`"), TIMEOUT, |line| uptime_span(line).is_some())
+                .with_context(|| format!("`{dd}`"))?;
+            let seconds = uptime_span(&line).unwrap_or_default().max(0.01);
+            values.insert(key.to_string(), (IO_MIB << 20) as f64 / 1e6 / seconds);
+            console.expect(PROMPT, TIMEOUT).context("the prompt after dd")?;
+        }
+        console.send_line("poweroff")?;
+        let status = console.wait_exit(Duration::from_secs(60)).context("poweroff ends QEMU")?;
+        if !status.success() {
+            bail!("QEMU exited with {status} after poweroff, expected exit status 0");
+        }
+        Ok((values, None))
+    })();
+    let _ = fs::write(log, console.transcript());
+    result.map_err(|error| error.context(format!("last console lines:\n{}", console.tail(15))))
+}
+
 fn record_run(
     order: usize,
     variant: &str,
@@ -1343,6 +1463,13 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), count);
+    }
+
+    #[test]
+    fn uptime_spans_are_read_from_the_marker_line() {
+        assert_eq!(uptime_span("io-uptime 12.50 14.00"), Some(1.5));
+        assert_eq!(uptime_span("keel-guest# a=$(cut -d' ' -f1 /proc/uptime); echo io-uptime $a $b"), None);
+        assert_eq!(uptime_span("io-uptime 3.00 2.00"), None);
     }
 
     #[test]
