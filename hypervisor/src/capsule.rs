@@ -43,6 +43,7 @@ impl TableMemory for HostTables {
         let address = memory::alloc_pages(pages)?;
         // The buddy allocator aligns a block to its own size, which covers the 16 KiB root's alignment.
         debug_assert_eq!(address % align, 0);
+        crate::guest_memory::ledger::assert_not_guest_ram(address);
         Some(address as u64)
     }
 
@@ -320,11 +321,13 @@ impl Capsule {
             .collect();
         check_disks_unshared(definition.name, &disks).map_err(CreateError::Devices)?;
         let virtio = crate::vdev::build(&disks).map_err(CreateError::Devices)?;
-        let memory = GuestMemory::allocate(RAM_BASE, definition.memory).ok_or(CreateError::OutOfMemory("RAM"))?;
+        let id = NEXT_ID.fetch_add(1, Ordering::AcqRel);
+        let memory = GuestMemory::allocate(RAM_BASE, definition.memory, id).ok_or(CreateError::OutOfMemory("RAM"))?;
         log::info!("capsule '{}' RAM at host {}", definition.name, memory.host_ranges());
         let mut tables = HostTables;
         let mut gstage = GStage::new(&mut tables, Mode::Sv39x4).map_err(CreateError::Map)?;
         for (gpa, hpa) in memory.chunks() {
+            crate::guest_memory::ledger::assert_owned_by(hpa, id);
             gstage
                 .map_range(&mut tables, gpa, hpa as u64, crate::guest_memory::CHUNK, Perm::READ | Perm::WRITE | Perm::EXEC)
                 .map_err(CreateError::Map)?;
@@ -334,7 +337,7 @@ impl Capsule {
             .map(|_| VcpuShared::new(platform.online_harts[0]))
             .collect();
         let capsule = Capsule {
-            id: NEXT_ID.fetch_add(1, Ordering::AcqRel),
+            id,
             name: String::from(definition.name),
             definition,
             memory,

@@ -17,25 +17,34 @@ const PAGES_PER_CHUNK: usize = (CHUNK as usize) / memory::PAGE_SIZE;
 pub struct GuestMemory {
     base: u64,
     chunks: Vec<usize>,
+    owner: u32,
 }
 
 impl GuestMemory {
     /// Allocates `size` bytes (a multiple of 2 MiB) of RAM to appear at guest-physical `base`. It is not zeroed:
     /// see [`memory::alloc_pages_unzeroed`] for why that leaks nothing between capsules.
-    pub fn allocate(base: u64, size: u64) -> Option<Self> {
+    pub fn allocate(base: u64, size: u64, owner: u32) -> Option<Self> {
         if size == 0 || !size.is_multiple_of(CHUNK) {
             return None;
         }
         let count = (size / CHUNK) as usize;
-        let mut memory = GuestMemory { base, chunks: Vec::with_capacity(count) };
+        let mut memory = GuestMemory { base, chunks: Vec::with_capacity(count), owner };
         for _ in 0..count {
             match memory::alloc_pages_unzeroed(PAGES_PER_CHUNK) {
-                Some(chunk) => memory.chunks.push(chunk),
+                Some(chunk) => {
+                    ledger::claim(chunk, owner);
+                    memory.chunks.push(chunk);
+                }
                 // Dropping `memory` returns what was already allocated.
                 None => return None,
             }
         }
         Some(memory)
+    }
+
+    /// The capsule this RAM belongs to.
+    pub fn owner(&self) -> u32 {
+        self.owner
     }
 
     /// Guest-physical base.
@@ -137,7 +146,55 @@ impl fmt::Display for HostRanges {
 impl Drop for GuestMemory {
     fn drop(&mut self) {
         for &chunk in &self.chunks {
+            ledger::release(chunk, self.owner);
             memory::free_pages(chunk, PAGES_PER_CHUNK);
+        }
+    }
+}
+
+/// Which capsule owns each chunk of guest RAM, kept and checked only in builds with debug assertions (Keel's
+/// release profile turns them on). The invariants: a chunk is handed to one capsule at a time, only its owner's
+/// G-stage maps it, only its owner frees it, and Keel's own pages (G-stage tables) are never guest RAM.
+pub mod ledger {
+    use alloc::collections::BTreeMap;
+
+    use spin::Mutex;
+
+    use super::CHUNK;
+
+    static OWNERS: Mutex<BTreeMap<usize, u32>> = Mutex::new(BTreeMap::new());
+
+    /// Records that `chunk` now belongs to capsule `owner`; it must have belonged to nobody.
+    pub fn claim(chunk: usize, owner: u32) {
+        if cfg!(debug_assertions) {
+            let previous = OWNERS.lock().insert(chunk, owner);
+            assert!(previous.is_none(), "RAM chunk {chunk:#x} handed to capsule {owner} while capsule {previous:?} owns it");
+        }
+    }
+
+    /// Records that `owner` gave `chunk` back; it must have been `owner`'s.
+    pub fn release(chunk: usize, owner: u32) {
+        if cfg!(debug_assertions) {
+            let previous = OWNERS.lock().remove(&chunk);
+            assert_eq!(previous, Some(owner), "RAM chunk {chunk:#x} freed by capsule {owner} but owned by {previous:?}");
+        }
+    }
+
+    /// Checks that the chunk holding host address `address` belongs to `owner` (before mapping it for `owner`).
+    pub fn assert_owned_by(address: usize, owner: u32) {
+        if cfg!(debug_assertions) {
+            let chunk = address & !(CHUNK as usize - 1);
+            let found = OWNERS.lock().get(&chunk).copied();
+            assert_eq!(found, Some(owner), "host {address:#x} mapped into capsule {owner} but owned by {found:?}");
+        }
+    }
+
+    /// Checks that host address `address` is not guest RAM of any capsule (Keel's own pages).
+    pub fn assert_not_guest_ram(address: usize) {
+        if cfg!(debug_assertions) {
+            let chunk = address & !(CHUNK as usize - 1);
+            let found = OWNERS.lock().get(&chunk).copied();
+            assert!(found.is_none(), "Keel page {address:#x} lies in RAM of capsule {found:?}");
         }
     }
 }

@@ -5,13 +5,11 @@
 //! drivers poll: a request is submitted and Keel waits for its completion on the hart that asked, which keeps the
 //! host side free of interrupt plumbing at the cost of holding that hart for the length of one request.
 
-use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use keel_devicetree::HostVirtio;
 use spin::{Mutex, Once};
 use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
-use virtio_drivers::device::net::{TxBuffer, VirtIONet};
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::{DeviceType, Transport};
@@ -54,21 +52,6 @@ type Transport0 = MmioTransport<'static>;
 static ENTROPY: Once<Mutex<VirtIORng<KeelHal, Transport0>>> = Once::new();
 /// The host's disk, if it has one.
 static DISK: Once<Mutex<HostDisk>> = Once::new();
-/// The host's network card, if it has one: the uplink of the capsules' switch.
-static NIC: Once<HostNic> = Once::new();
-
-/// Receive buffers the host NIC keeps posted.
-const NIC_QUEUE_SIZE: usize = 64;
-/// Size of each receive buffer: a 1514-byte frame plus the virtio-net header, rounded up.
-const NIC_BUFFER_LEN: usize = 2048;
-
-/// The host network card.
-pub struct HostNic {
-    driver: Mutex<VirtIONet<KeelHal, Transport0, NIC_QUEUE_SIZE>>,
-    /// Its interrupt source on the host PLIC.
-    pub irq: u32,
-    pub mac: [u8; 6],
-}
 
 /// The host disk and what Keel knows of it.
 pub struct HostDisk {
@@ -108,22 +91,6 @@ pub fn init(slots: &[HostVirtio]) {
                 }
                 Err(error) => log::warn!("virtio-blk at {:#x} could not be set up: {error}", slot.base),
             },
-            DeviceType::Network if NIC.get().is_none() => {
-                match VirtIONet::<KeelHal, _, NIC_QUEUE_SIZE>::new(transport, NIC_BUFFER_LEN) {
-                    Ok(mut driver) => {
-                        let mac = driver.mac_address();
-                        driver.enable_interrupts();
-                        log::info!(
-                            "host network card: virtio-net at {:#x}, interrupt {}, MAC {}",
-                            slot.base,
-                            slot.irq,
-                            crate::vdev::MacDisplay(mac)
-                        );
-                        NIC.call_once(|| HostNic { driver: Mutex::new(driver), irq: slot.irq, mac });
-                    }
-                    Err(error) => log::warn!("virtio-net at {:#x} could not be set up: {error}", slot.base),
-                }
-            }
             other => log::info!("host virtio device at {:#x} ({other:?}) is not used", slot.base),
         }
     }
@@ -190,31 +157,4 @@ fn check_range(disk: &HostDisk, sector: u64, len: usize) -> Result<(), DiskError
         return Err(DiskError::OutOfRange);
     }
     Ok(())
-}
-
-/// The host network card, if there is one.
-pub fn nic() -> Option<&'static HostNic> {
-    NIC.get()
-}
-
-impl HostNic {
-    /// Sends one Ethernet frame out of the machine; waits until the card has taken it.
-    pub fn send(&self, frame: &[u8]) -> bool {
-        self.driver.lock().send(TxBuffer::from(frame)).is_ok()
-    }
-
-    /// Acknowledges the card's interrupt and takes every frame it received, reposting the buffers. Frames are
-    /// copied out so that no lock of the card is held while they are delivered.
-    pub fn receive_all(&self) -> Vec<Vec<u8>> {
-        let mut driver = self.driver.lock();
-        driver.ack_interrupt();
-        let mut frames = Vec::new();
-        while let Ok(buffer) = driver.receive() {
-            frames.push(buffer.packet().to_vec());
-            if let Err(error) = driver.recycle_rx_buffer(buffer) {
-                log::error!("host network card: a receive buffer could not be reposted: {error}");
-            }
-        }
-        frames
-    }
 }

@@ -6,7 +6,6 @@
 //! lists only the slots a capsule has.
 
 use alloc::{format, string::String, vec::Vec};
-use core::fmt;
 
 use keel_devicetree::GuestVirtio;
 use keel_virtio::{
@@ -16,16 +15,6 @@ use keel_virtio::{
 
 use crate::guest_memory::GuestMemory;
 use crate::hostdev;
-
-/// Shows a MAC address the usual way, `02:4b:45:00:00:01`.
-pub struct MacDisplay(pub [u8; 6]);
-
-impl fmt::Display for MacDisplay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
 
 /// Guest-physical address of the first slot.
 pub const FIRST_SLOT_BASE: u64 = 0x1000_1000;
