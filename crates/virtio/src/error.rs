@@ -81,6 +81,20 @@ pub enum RequestError {
     NoWritableBuffer,
     /// The hypervisor's entropy source failed.
     EntropyUnavailable,
+    /// A network buffer's device-readable part is shorter than the 12-byte
+    /// `virtio_net_hdr`.
+    NetHeaderTooShort { len: u64 },
+    /// A transmitted `virtio_net_hdr` asks for checksum or segmentation offload, which was
+    /// not negotiated.
+    NetOffloadRequested { flags: u8, gso_type: u8 },
+    /// A transmitted frame is shorter than an Ethernet header or longer than the MTU allows.
+    FrameLength {
+        len: u64,
+        minimum: u64,
+        maximum: u64,
+    },
+    /// A receive buffer cannot hold the header and the frame waiting for it.
+    ReceiveBufferTooSmall { needed: u64, available: u64 },
 }
 
 impl fmt::Display for RequestError {
@@ -114,6 +128,26 @@ impl fmt::Display for RequestError {
                 write!(f, "no device-writable buffer to fill")
             }
             RequestError::EntropyUnavailable => write!(f, "the host entropy source failed"),
+            RequestError::NetHeaderTooShort { len } => write!(
+                f,
+                "device-readable part is {len} bytes, shorter than the 12-byte virtio_net_hdr"
+            ),
+            RequestError::NetOffloadRequested { flags, gso_type } => write!(
+                f,
+                "virtio_net_hdr asks for offloads that were not negotiated (flags {flags:#x}, gso_type {gso_type})"
+            ),
+            RequestError::FrameLength {
+                len,
+                minimum,
+                maximum,
+            } => write!(
+                f,
+                "frame of {len} bytes is outside the Ethernet range of {minimum} to {maximum} bytes"
+            ),
+            RequestError::ReceiveBufferTooSmall { needed, available } => write!(
+                f,
+                "receive buffer of {available} bytes cannot hold the {needed} bytes of header and frame"
+            ),
         }
     }
 }

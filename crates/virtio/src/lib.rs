@@ -10,6 +10,8 @@
 //! - [`mmio`]: the virtio-mmio version 2 register file, feature negotiation, device status.
 //! - [`queue`]: split virtqueues; everything read from guest memory is checked before use.
 //! - [`blk`]: a virtio block device over a [`BlockBackend`].
+//! - [`net`]: a virtio network card exchanging Ethernet frames with the hypervisor through
+//!   bounded inbox and outbox queues.
 //! - [`rng`]: a virtio entropy device over an [`EntropySource`].
 //!
 //! Register offsets, feature bits and ring layouts follow the VIRTIO 1.2 specification.
@@ -21,6 +23,7 @@ extern crate alloc;
 pub mod blk;
 mod error;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 
@@ -30,6 +33,7 @@ mod testing;
 pub use blk::{BackendError, BlockBackend, BlockOptions, VirtioBlock};
 pub use error::{DeviceError, RequestError};
 pub use mmio::{AccessError, Device, MmioTransport};
+pub use net::{Frame, NetCounters, VirtioNet};
 pub use queue::{
     BufferError, Completion, Descriptor, DescriptorChain, GuestMemory, MemoryError, QueueError,
     QueueSetupError, Virtqueue,

@@ -323,10 +323,25 @@ pub fn bring_up<D: Device>(
     features: u64,
     queue_size: u16,
 ) -> DriverQueue {
+    bring_up_queues(transport, memory, features, &[queue_size]).remove(0)
+}
+
+/// The whole initialisation sequence, enabling queues 0, 1, ... with the given sizes;
+/// returns the driver queues in the same order.
+pub fn bring_up_queues<D: Device>(
+    transport: &mut MmioTransport<D>,
+    memory: &TestMemory,
+    features: u64,
+    queue_sizes: &[u16],
+) -> Vec<DriverQueue> {
     let status = negotiate(transport, memory, features);
     assert_ne!(status & STATUS_FEATURES_OK, 0, "features refused");
-    let queue = DriverQueue::new(memory, queue_size);
-    assert_eq!(setup_queue(transport, memory, 0, &queue), None);
+    let mut queues = Vec::new();
+    for (index, &size) in queue_sizes.iter().enumerate() {
+        let queue = DriverQueue::new(memory, size);
+        assert_eq!(setup_queue(transport, memory, index as u32, &queue), None);
+        queues.push(queue);
+    }
     let status = read_register(transport, 0x070);
     write_register(
         transport,
@@ -334,7 +349,7 @@ pub fn bring_up<D: Device>(
         0x070,
         status | u32::from(STATUS_DRIVER_OK),
     );
-    queue
+    queues
 }
 
 /// A Vec-backed disk that counts what reaches it and records any out-of-range access.
