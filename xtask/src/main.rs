@@ -6,6 +6,7 @@ mod build;
 mod cache;
 mod console;
 mod cpio;
+mod fuzz;
 mod guests;
 mod images;
 mod keys;
@@ -49,6 +50,21 @@ enum Command {
     Test(TestArgs),
     /// Measure Keel against native runs side by side; tables on stdout, JSON in target/keel/bench/.
     Bench(BenchArgs),
+    /// Run the fuzz targets in fuzz/ for a bounded time each; a table on stdout, JSON in target/fuzz/report.json.
+    Fuzz(FuzzArgs),
+}
+
+#[derive(Args)]
+struct FuzzArgs {
+    /// Seconds each target runs.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
+    /// Targets run at the same time (each is one single-threaded process).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    jobs: u64,
+    /// Targets to run (default: all): dmfs_image, manifest, devicetree_host, devicetree_guest,
+    /// insn_decode, sbi_dispatch, virtqueue.
+    targets: Vec<String>,
 }
 
 #[derive(Args)]
@@ -220,6 +236,19 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(&workspace, args),
+        Command::Fuzz(args) => {
+            let options = fuzz::Options {
+                seconds: args.seconds,
+                targets: args.targets,
+                jobs: usize::try_from(args.jobs).unwrap_or(1),
+            };
+            let no_crash = fuzz::run(&workspace, &options)?;
+            Ok(if no_crash {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Bench(args) => {
             let options = bench::Options {
                 quick: args.quick,

@@ -65,7 +65,7 @@ pub struct GuestTreeConfig<'a> {
     pub isa: &'a str,
     /// `riscv,isa-base`, for example `"rv64i"`.
     pub isa_base: &'a str,
-    /// `riscv,isa-extensions` (Linux 6.x reads this before `riscv,isa`).
+    /// `riscv,isa-extensions` (Linux 6.x reads this before `riscv,isa`); must not be empty.
     pub isa_extensions: &'a [&'a str],
     /// `mmu-type`, for example `"riscv,sv39"`.
     pub mmu_type: &'a str,
@@ -203,6 +203,13 @@ fn check(config: &GuestTreeConfig<'_>) -> Result<()> {
         if text.contains('\0') {
             return Err(GuestTreeError::EmbeddedNul { property });
         }
+    }
+    // An empty list would be written as a zero-length property: not a string list at all, and
+    // Linux, finding the property, would not fall back to `riscv,isa` and see no extensions.
+    if config.isa_extensions.is_empty() {
+        return Err(GuestTreeError::EmptyProperty {
+            property: "riscv,isa-extensions",
+        });
     }
     for extension in config.isa_extensions {
         // An empty entry would read as a list terminator to some parsers.

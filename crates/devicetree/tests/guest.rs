@@ -378,6 +378,14 @@ fn bad_configurations_are_rejected() {
             property: "bootargs"
         }
     );
+    // Found by the devicetree_guest fuzz target: an empty list became an empty property that
+    // the host parser (and Linux) cannot read as a string list.
+    assert_eq!(
+        with(&|c| c.isa_extensions = &[]),
+        GuestTreeError::EmptyProperty {
+            property: "riscv,isa-extensions"
+        }
+    );
     assert_eq!(
         with(&|c| c.isa_extensions = &["i", ""]),
         GuestTreeError::EmptyProperty {
