@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::build;
 use crate::console::Console;
+use crate::fuzz;
 use crate::guests;
 use crate::images::{self, Images};
 use crate::qemu::{self, Boot, Machine, Payload, Qemu};
@@ -51,6 +52,14 @@ enum Extra {
     /// A load from a guest-physical address that is neither the capsule's RAM nor one of its devices: Keel logs it
     /// and injects an access fault, which Linux turns into SIGSEGV for the process; the shell and Keel carry on.
     ForeignAccess,
+    /// The virtio-rng driver is bound and is the kernel's current hardware RNG, and `/dev/hwrng` gives bytes. For
+    /// the Debian kernel this also shows that rcS loaded the virtio modules from its initramfs.
+    HardwareRng,
+    /// `keel list` shows the capsule `stored` of the manifest image on the disk; `keel start stored` boots it
+    /// beside the boot capsule; `keel stop stored` stops it.
+    StartFromDisk,
+    /// `keel start stored` is refused because the image on the disk was altered after signing.
+    DiskImageRefused,
 }
 
 /// How a scenario is expected to end.
@@ -69,6 +78,16 @@ enum Expect {
     /// memory back at the same figure each time, a capsule panicking and coming back while the boot capsule's
     /// shell answers, and a capsule without the manage right refused.
     Manage,
+    /// The hostile manifest (docs/hostile.md): the hostile capsule's cases all get their expected outcome while
+    /// the canary beside it, on the same hart, keeps its memory and console untouched and its heartbeat going.
+    Hostile,
+    /// The disks manifest, over two boots of the machine with one disk image: the boot capsule formats its disk and
+    /// writes a file; it and `neighbour` each find only their own extent; after a power-off and a new boot the
+    /// file's checksum is unchanged. The disk image itself shows each capsule's data at its extent.
+    DiskPersistence,
+    /// The scrub manifest: from the boot capsule, `writer` fills its RAM with a pattern and stops, then
+    /// `reader`, given the same host memory, finds only zeros.
+    Scrub,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,7 +106,19 @@ struct Scenario {
     smp: Option<u32>,
     /// A bad bundled image Keel must refuse, instead of one signed with the build's key.
     bad_image: Option<build::BadImage>,
+    /// The machine's disk, if it has one.
+    disk: Option<DiskSetup>,
     expect: Expect,
+}
+
+/// A fresh disk for one scenario run: target/keel/<scenario>-disk.img.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DiskSetup {
+    /// The manifest under guests/manifests/ whose signed image is written to the start of the disk (else it
+    /// starts all zeros).
+    stored_manifest: Option<&'static str>,
+    /// Flip a bit of the stored image after signing.
+    tampered: bool,
 }
 
 impl Scenario {
@@ -102,15 +133,22 @@ impl Scenario {
             memory_mib: None,
             smp: None,
             bad_image: None,
+            disk: None,
             expect: Expect::Shell(&[]),
         }
     }
 }
 
+/// Size of the disk scenarios give the machine.
+const DISK_MIB: u64 = 256;
+
 /// Native boots come first: they check the images and the harness without the hypervisor, so a
 /// failure in a Keel scenario after them points at Keel.
 const SCENARIOS: &[Scenario] = &[
-    Scenario::new("native-debian", Kernel::Debian, false, QemuVersion::Machine),
+    Scenario {
+        expect: Expect::Shell(&[Extra::HardwareRng]),
+        ..Scenario::new("native-debian", Kernel::Debian, false, QemuVersion::Machine)
+    },
     Scenario::new("native-small", Kernel::Small, false, QemuVersion::Machine),
     Scenario::new("native-small-qemu10", Kernel::Small, false, QemuVersion::Backports),
     // The SBI check guest straight on OpenSBI, then as Keel's boot capsule (a flat kernel, 64 MiB).
@@ -123,7 +161,7 @@ const SCENARIOS: &[Scenario] = &[
         ..Scenario::new("keel-sbi-check", Kernel::SbiCheck, true, QemuVersion::Machine)
     },
     Scenario {
-        expect: Expect::Shell(&[Extra::ForeignAccess]),
+        expect: Expect::Shell(&[Extra::HardwareRng, Extra::ForeignAccess]),
         ..Scenario::new("keel-debian", Kernel::Debian, true, QemuVersion::Machine)
     },
     Scenario {
@@ -167,6 +205,24 @@ const SCENARIOS: &[Scenario] = &[
         expect: Expect::Manage,
         ..Scenario::new("keel-manage", Kernel::Small, true, QemuVersion::Machine)
     },
+    Scenario {
+        manifest: Some("small"),
+        disk: Some(DiskSetup { stored_manifest: Some("stored"), tampered: false }),
+        expect: Expect::Shell(&[Extra::StartFromDisk]),
+        ..Scenario::new("keel-capsule-from-disk", Kernel::Small, true, QemuVersion::Machine)
+    },
+    Scenario {
+        manifest: Some("small"),
+        disk: Some(DiskSetup { stored_manifest: Some("stored"), tampered: true }),
+        expect: Expect::Shell(&[Extra::DiskImageRefused]),
+        ..Scenario::new("keel-refuses-tampered-disk-image", Kernel::Small, true, QemuVersion::Machine)
+    },
+    Scenario {
+        manifest: Some("disks"),
+        disk: Some(DiskSetup { stored_manifest: None, tampered: false }),
+        expect: Expect::DiskPersistence,
+        ..Scenario::new("keel-disk", Kernel::Small, true, QemuVersion::Machine)
+    },
     // 160 MiB of machine cannot hold the small manifest's 256 MiB capsule.
     Scenario {
         memory_mib: Some(160),
@@ -177,23 +233,43 @@ const SCENARIOS: &[Scenario] = &[
     // signature check can catch it, before anything of the image is used.
     Scenario {
         bad_image: Some(build::BadImage::Tampered),
-        expect: Expect::Refusal("the bundled manifest image's signature does not verify against this build's public key"),
+        expect: Expect::Refusal("the bundled manifest image is refused: its signature does not verify against this build's public key"),
         ..Scenario::new("keel-refuses-tampered-image", Kernel::Small, true, QemuVersion::Machine)
     },
     Scenario {
         bad_image: Some(build::BadImage::Unsigned),
-        expect: Expect::Refusal("the bundled manifest image is unsigned"),
+        expect: Expect::Refusal("the bundled manifest image is refused: it is unsigned"),
         ..Scenario::new("keel-refuses-unsigned-image", Kernel::Small, true, QemuVersion::Machine)
+    },
+    // The hostile capsule attacking Keel case by case beside a canary; one hart, so they share it.
+    Scenario {
+        manifest: Some("hostile"),
+        smp: Some(1),
+        expect: Expect::Hostile,
+        ..Scenario::new("keel-hostile", Kernel::Small, true, QemuVersion::Machine)
+    },
+    Scenario {
+        manifest: Some("scrub"),
+        expect: Expect::Scrub,
+        ..Scenario::new("keel-scrub", Kernel::Small, true, QemuVersion::Machine)
     },
 ];
 
 const HOST_TESTS: &str = "host-unit-tests";
+/// Every fuzz target for a few seconds: fails on any crash.
+const FUZZ: &str = "fuzz";
+/// How long each fuzz target runs in `cargo xtask test`, and how many run at once; with the build
+/// this stays under three minutes.
+const FUZZ_SECONDS: u64 = 15;
+const FUZZ_JOBS: usize = 2;
 
 /// Keel's SBI implementation ID ("KEEL" in ASCII) and OpenSBI's.
 const KEEL_SBI_ID: &str = "0x4b45454c";
 const OPENSBI_SBI_ID: &str = "0x1";
 const PROMPT: &str = "keel-guest# ";
 const READY: &str = "keel-guest: init ready";
+/// The name the virtio-rng driver registers its first device under with the hw_random core.
+const VIRTIO_RNG_NAME: &str = "virtio_rng.0";
 
 fn selected(name: &str, filters: &[String]) -> bool {
     filters.is_empty() || filters.iter().any(|filter| name.contains(filter.as_str()))
@@ -209,6 +285,7 @@ struct Outcome {
 /// Runs the selected tests; returns whether all passed. Prints `N passed, M failed` last.
 pub fn run(workspace: &Workspace, options: &Options) -> Result<bool> {
     let run_host = options.host && selected(HOST_TESTS, &options.filters);
+    let run_fuzz = options.host && selected(FUZZ, &options.filters);
     let scenarios: Vec<Scenario> = SCENARIOS
         .iter()
         .copied()
@@ -217,13 +294,14 @@ pub fn run(workspace: &Workspace, options: &Options) -> Result<bool> {
     if options.list_only {
         for name in std::iter::once(HOST_TESTS)
             .filter(|_| run_host)
+            .chain(std::iter::once(FUZZ).filter(|_| run_fuzz))
             .chain(scenarios.iter().map(|s| s.name))
         {
             println!("{name}");
         }
         return Ok(true);
     }
-    if !run_host && scenarios.is_empty() {
+    if !run_host && !run_fuzz && scenarios.is_empty() {
         bail!(
             "no test matches {:?}; `cargo xtask test --list` shows the names",
             options.filters
@@ -233,6 +311,9 @@ pub fn run(workspace: &Workspace, options: &Options) -> Result<bool> {
     let mut outcomes = Vec::new();
     if run_host {
         outcomes.push(host_tests(workspace));
+    }
+    if run_fuzz {
+        outcomes.push(fuzz_tests(workspace));
     }
     if !scenarios.is_empty() {
         let mut context = ScenarioContext::new(workspace, options.qemu_binary.clone());
@@ -278,12 +359,13 @@ fn host_tests(workspace: &Workspace) -> Outcome {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(&cargo);
     command.current_dir(&workspace.root).arg("test");
-    // The guest crate only builds as a binary for RISC-V, so it is not a default member; its portable library
-    // (device-tree reading, decoding, report formatting) is tested on the host on its own.
+    // The guest crates only build as binaries for RISC-V, so they are not default members; their portable
+    // libraries (device-tree reading, decoding, report formatting, the hostile guest's RAM arithmetic) are tested
+    // on the host on their own.
     let mut guest_library = Command::new(&cargo);
     guest_library
         .current_dir(&workspace.root)
-        .args(["test", "-p", "keel-sbi-check", "--lib"]);
+        .args(["test", "-p", "keel-sbi-check", "-p", "keel-hostile", "--lib"]);
     let result = shell::run(command).and_then(|()| shell::run(guest_library));
     Outcome {
         name: HOST_TESTS.to_string(),
@@ -293,6 +375,40 @@ fn host_tests(workspace: &Workspace) -> Outcome {
             Ok(()) => "cargo test passed".to_string(),
             Err(error) => format!("{error:#}"),
         },
+    }
+}
+
+fn fuzz_tests(workspace: &Workspace) -> Outcome {
+    shell::step(&format!(
+        "fuzzing: every target for {FUZZ_SECONDS} s, {FUZZ_JOBS} at a time (`cargo xtask fuzz` runs them longer)"
+    ));
+    let started = Instant::now();
+    let result = fuzz::build_and_run(workspace, fuzz::TARGETS, FUZZ_SECONDS, FUZZ_JOBS);
+    let (passed, detail) = match result {
+        Ok(reports) => {
+            let passed = reports.iter().all(fuzz::TargetReport::passed);
+            let executions: u64 = reports.iter().map(|report| report.executions).sum();
+            let crashes: Vec<String> = reports
+                .iter()
+                .flat_map(|report| report.crashes.iter())
+                .map(|crash| crash.display().to_string())
+                .collect();
+            let verdict = if passed {
+                format!("{executions} executions, no crash")
+            } else if crashes.is_empty() {
+                "a fuzz target failed to run".to_string()
+            } else {
+                format!("crash inputs: {}", crashes.join(" "))
+            };
+            (passed, format!("{verdict}: {}", fuzz::summary(&reports)))
+        }
+        Err(error) => (false, format!("{error:#}")),
+    };
+    Outcome {
+        name: FUZZ.to_string(),
+        passed,
+        duration: started.elapsed(),
+        detail,
     }
 }
 
@@ -306,6 +422,7 @@ struct ScenarioContext<'a> {
     hypervisors: HashMap<&'static str, Result<PathBuf, String>>,
     host_ready: Option<Result<(), String>>,
     sbi_check: Option<Result<PathBuf, String>>,
+    hostile: Option<Result<PathBuf, String>>,
 }
 
 impl<'a> ScenarioContext<'a> {
@@ -322,6 +439,7 @@ impl<'a> ScenarioContext<'a> {
             hypervisors: HashMap::new(),
             host_ready: None,
             sbi_check: None,
+            hostile: None,
         }
     }
 
@@ -375,7 +493,9 @@ impl<'a> ScenarioContext<'a> {
 
     fn build_hypervisor(&mut self, manifest: &'static str) -> Result<PathBuf> {
         let workspace = self.workspace;
-        let defines = self.images()?.defines();
+        let mut defines = self.images()?.defines();
+        // `${guests}`: where the flat test guests are (manifests that use it need `hostile_guest` first).
+        defines.push(("guests".to_string(), workspace.keel_dir().display().to_string()));
         let manifest_path = workspace
             .root
             .join("guests/manifests")
@@ -412,6 +532,9 @@ impl<'a> ScenarioContext<'a> {
         if scenario.kernel == Kernel::SbiCheck {
             return self.run_sbi_check(scenario);
         }
+        if matches!(scenario.expect, Expect::Hostile | Expect::Scrub) {
+            self.hostile_guest()?;
+        }
         let images = self.images()?;
         let (kernel, default_manifest, memory_mib) = match scenario.kernel {
             Kernel::Debian => (images.debian_kernel.clone(), "default", 512),
@@ -420,7 +543,11 @@ impl<'a> ScenarioContext<'a> {
             Kernel::SbiCheck => bail!("the SBI check guest is not a Linux kernel from the images"),
         };
         let manifest = scenario.manifest.unwrap_or(default_manifest);
-        let initrd = images.initramfs.clone();
+        // Native boots take the initrd the kernel's capsule gets in its manifest: Debian's carries its virtio modules.
+        let initrd = match scenario.kernel {
+            Kernel::Debian => images.debian_initramfs.clone(),
+            _ => images.initramfs.clone(),
+        };
         let qemu = self.qemu(scenario.qemu)?;
         let qemu_version = qemu
             .version()
@@ -458,8 +585,48 @@ impl<'a> ScenarioContext<'a> {
                 OPENSBI_SBI_ID,
             )
         };
-        let command = qemu.command(&machine, &payload);
+        let mut command = qemu.command(&machine, &payload);
+        if let Some(disk) = scenario.disk {
+            let path = self.workspace.keel_dir().join(format!("{}-disk.img", scenario.name));
+            match disk.stored_manifest {
+                Some(stored) => {
+                    let manifest = self.workspace.root.join("guests/manifests").join(format!("{stored}.toml"));
+                    let defines = self.images()?.defines();
+                    build::write_disk_with_image(self.workspace, &path, DISK_MIB, &manifest, &defines, disk.tampered)?;
+                }
+                None => {
+                    if path.exists() {
+                        fs::remove_file(&path).with_context(|| format!("cannot remove the old {}", path.display()))?;
+                    }
+                    qemu::ensure_disk_image(&path, DISK_MIB)?;
+                }
+            }
+            command.args(qemu::disk_args(&path));
+            if scenario.expect == Expect::DiskPersistence {
+                let first = self.converse(scenario, &qemu_version, command, expected_id)?;
+                check_disk_image(&path)?;
+                let mut again = qemu.command(&machine, &payload);
+                again.args(qemu::disk_args(&path));
+                let second = self.converse_with(scenario, "second-boot", &qemu_version, again, |console, timeouts| {
+                    disk_second_boot(console, &first, timeouts)
+                })?;
+                return Ok(format!("{}; {second}", first.split(" | ").nth(1).unwrap_or(&first)));
+            }
+        }
         self.converse(scenario, &qemu_version, command, expected_id)
+    }
+
+    /// The hostile test guest's flat binary (target/keel/hostile.bin, `${guests}/hostile.bin` in manifests), built
+    /// once.
+    fn hostile_guest(&mut self) -> Result<PathBuf> {
+        let workspace = self.workspace;
+        match self
+            .hostile
+            .get_or_insert_with(|| guests::build_hostile(workspace).map_err(|e| format!("{e:#}")))
+        {
+            Ok(binary) => Ok(binary.clone()),
+            Err(error) => bail!("the hostile guest could not be built: {error}"),
+        }
     }
 
     /// The SBI check guest, built once: the flat binary for native scenarios, or Keel around a
@@ -519,28 +686,45 @@ impl<'a> ScenarioContext<'a> {
         command: Command,
         expected_id: &str,
     ) -> Result<String> {
-        println!("    {qemu_version}");
-        println!("    {}", shell::describe(&command));
-        let timeouts = Timeouts::for_scenario(scenario);
-        let mut console = Console::spawn(command)?;
-        let result = match scenario.expect {
-            Expect::Shell(extras) => drive(&mut console, expected_id, extras, &timeouts),
-            Expect::Refusal(text) => expect_refusal(&mut console, text, &timeouts),
+        self.converse_with(scenario, "", qemu_version, command, |console, timeouts| match scenario.expect {
+            Expect::Shell(extras) => drive(console, expected_id, extras, timeouts),
+            Expect::Refusal(text) => expect_refusal(console, text, timeouts),
             Expect::GuestChecks => guests::expect_sbi_check_report(
-                &mut console,
+                console,
                 expected_id,
                 timeouts.boot,
                 timeouts.command,
                 timeouts.power_off,
             ),
-            Expect::Capsules(capsules) => drive_capsules(&mut console, capsules, &timeouts),
-            Expect::Manage => drive_management(&mut console, &timeouts),
-        };
+            Expect::Capsules(capsules) => drive_capsules(console, capsules, timeouts),
+            Expect::Manage => drive_management(console, timeouts),
+            Expect::Hostile => drive_hostile(console, timeouts),
+            Expect::Scrub => drive_scrub(console, timeouts),
+            Expect::DiskPersistence => disk_first_boot(console, timeouts),
+        })
+    }
+
+    /// Starts QEMU with `command`, holds the conversation `talk`, and keeps the console log (named after the
+    /// scenario, plus `-part` when a scenario boots more than once); on failure the last lines are shown.
+    fn converse_with(
+        &mut self,
+        scenario: &Scenario,
+        part: &str,
+        qemu_version: &str,
+        command: Command,
+        talk: impl FnOnce(&mut Console, &Timeouts) -> Result<String>,
+    ) -> Result<String> {
+        println!("    {qemu_version}");
+        println!("    {}", shell::describe(&command));
+        let timeouts = Timeouts::for_scenario(scenario);
+        let mut console = Console::spawn(command)?;
+        let result = talk(&mut console, &timeouts);
+        let suffix = if part.is_empty() { String::new() } else { format!("-{part}") };
         let log = self
             .workspace
             .keel_dir()
             .join("test-logs")
-            .join(format!("{}.log", scenario.name));
+            .join(format!("{}{suffix}.log", scenario.name));
         let _ = fs::create_dir_all(log.parent().unwrap_or(&log))
             .and_then(|()| fs::write(&log, console.transcript()));
         match result {
@@ -715,6 +899,35 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
                 started.elapsed().as_secs_f64()
             ))
         }
+        Extra::StartFromDisk => {
+            let list = run_in_boot(console, "keel list", timeouts.command)?;
+            if !list.iter().any(|line| line.contains("stored") && line.contains("on-disk")) {
+                bail!("`keel list` does not show the disk's capsule 'stored' as on-disk: {list:?}");
+            }
+            let started = Instant::now();
+            console.send_line("keel start stored")?;
+            console
+                .expect_line("the stored capsule's init-ready line", timeouts.boot, |line| {
+                    line.trim() == format!("[stored] {READY}")
+                })
+                .context("`keel start stored` boots the capsule from the disk's image")?;
+            let booted = started.elapsed().as_secs_f64();
+            std::thread::sleep(Duration::from_secs(1));
+            let stop = run_in(console, "boot", "keel stop stored", timeouts.command)?;
+            if stop.last().map(String::as_str) != Some("exit status 0") {
+                bail!("`keel stop stored` failed: {stop:?}");
+            }
+            Ok(format!("capsule from the disk's signed image started ({booted:.1} s to init) and stopped"))
+        }
+        Extra::DiskImageRefused => {
+            let start = run_in_boot(console, "keel start stored", timeouts.command)?;
+            let refused = start.iter().any(|line| line.contains("refused") && line.contains("signature does not verify"));
+            if !refused || start.last().map(String::as_str) == Some("exit status 0") {
+                bail!("`keel start stored` from an altered image was not refused for its signature: {start:?}");
+            }
+            shell_answers(console, "echo alive-$((3+4))", "alive-7", "shell after the refusal", timeouts)?;
+            Ok("the altered image on the disk was refused; the boot capsule runs on".to_string())
+        }
         Extra::ForeignAccess => {
             // 0x4000_0000 is neither the capsule's RAM (0x8000_0000..) nor one of its devices.
             console.send_line("devmem 0x40000000 32; echo devmem-status-$?")?;
@@ -738,6 +951,23 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
                 .context("prompt after foreign access")?;
             shell_answers(console, "echo still-$((2*3))", "still-6", "shell after foreign access", timeouts)?;
             Ok("foreign access faulted only the process (SIGSEGV)".to_string())
+        }
+        Extra::HardwareRng => {
+            shell_answers(
+                console,
+                "cat /sys/class/misc/hw_random/rng_current",
+                VIRTIO_RNG_NAME,
+                "the current hardware RNG is virtio-rng",
+                timeouts,
+            )?;
+            shell_answers(
+                console,
+                "head -c 16 /dev/hwrng | wc -c",
+                "16",
+                "16 bytes read from /dev/hwrng",
+                timeouts,
+            )?;
+            Ok(format!("hardware RNG {VIRTIO_RNG_NAME} gave 16 bytes"))
         }
     }
 }
@@ -814,21 +1044,178 @@ fn drive_capsules(console: &mut Console, capsules: &[(&str, u32)], timeouts: &Ti
 
 /// Types `command` into the focused capsule and returns the lines tagged `[capsule]` up to its marker line.
 fn run_in(console: &mut Console, capsule: &str, command: &str, timeout: Duration) -> Result<Vec<String>> {
+    let prefix = format!("[{capsule}] ");
+    run_collecting(console, command, capsule, timeout, |line| {
+        line.trim().strip_prefix(&prefix).map(str::to_string)
+    })
+}
+
+/// Like [`run_in`] for the boot capsule while it may be the only capsule, whose lines are then not tagged.
+fn run_in_boot(console: &mut Console, command: &str, timeout: Duration) -> Result<Vec<String>> {
+    run_collecting(console, command, "boot", timeout, |line| {
+        let line = line.trim();
+        match line.strip_prefix("[boot] ") {
+            Some(text) => Some(text.to_string()),
+            None if !line.starts_with('[') => Some(line.to_string()),
+            None => None,
+        }
+    })
+}
+
+/// Types `command` followed by an exit-status marker and collects the output lines `own` accepts (returning their
+/// text without any tag) until the marker, which becomes the last line, `exit status N`.
+fn run_collecting(
+    console: &mut Console,
+    command: &str,
+    capsule: &str,
+    timeout: Duration,
+    own: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>> {
     let marker = format!("end-of-{}", command.len());
     console.send_line(&format!("{command}; echo {marker}-$?"))?;
-    let prefix = format!("[{capsule}] ");
     let mut lines = Vec::new();
     loop {
         let line = console
-            .expect_line(&format!("`{prefix}{marker}-N`"), timeout, |line| line.trim().starts_with(&prefix))
+            .expect_line(&format!("`{marker}-N` from {capsule}"), timeout, |line| own(line).is_some())
             .with_context(|| format!("`{command}` in {capsule}"))?;
-        let text = line.trim().trim_start_matches(&prefix).to_string();
+        let text = own(&line).unwrap_or_default();
         if let Some(status) = text.strip_prefix(&format!("{marker}-")) {
             lines.push(format!("exit status {status}"));
             return Ok(lines);
         }
         lines.push(text);
     }
+}
+
+/// Where the capsules' disks lie on the machine's disk (guests/manifests/disks.toml), and what each writes.
+const BOOT_DISK_START: u64 = 64 << 20;
+const NEIGHBOUR_DISK_START: u64 = 128 << 20;
+const DISK_SECTORS: u64 = (64 << 20) / 512;
+const NEIGHBOUR_MARK: &str = "NEIGHBOUR-SECRET-42";
+/// The sector of its own disk where `neighbour` writes its mark.
+const NEIGHBOUR_MARK_SECTOR: u64 = 1000;
+
+/// The one line of `command`'s output (in the boot capsule) that `pick` accepts, and a zero exit status.
+fn boot_answer(console: &mut Console, command: &str, timeouts: &Timeouts, pick: impl Fn(&str) -> bool) -> Result<String> {
+    let lines = run_in_boot(console, command, timeouts.boot)?;
+    if lines.last().map(String::as_str) != Some("exit status 0") {
+        bail!("`{command}` failed: {lines:?}");
+    }
+    lines
+        .iter()
+        .find(|line| pick(line))
+        .cloned()
+        .with_context(|| format!("`{command}` printed no expected line: {lines:?}"))
+}
+
+/// The first boot of keel-disk; returns the payload's checksum as its summary's first part.
+fn disk_first_boot(console: &mut Console, timeouts: &Timeouts) -> Result<String> {
+    console.expect(READY, timeouts.boot).context("boot to the init-ready line")?;
+    console.expect(PROMPT, timeouts.command).context("shell prompt")?;
+    let size = boot_answer(console, "cat /sys/block/vda/size", timeouts, |l| l.trim().parse::<u64>().is_ok())?;
+    if size.trim() != DISK_SECTORS.to_string() {
+        bail!("the boot capsule's disk has {} sectors, expected {DISK_SECTORS} (its 64 MiB extent)", size.trim());
+    }
+    let serial = boot_answer(console, "echo serial=$(cat /sys/block/vda/serial)", timeouts, |l| l.starts_with("serial="))?;
+    let serial = serial.trim_start_matches("serial=");
+    if serial.trim() != "data" {
+        bail!("the disk's serial is {:?}, expected the manifest's disk name \"data\"", serial.trim());
+    }
+    let sum = boot_answer(
+        console,
+        "mke2fs -q /dev/vda && mkdir -p /mnt && mount -t ext2 /dev/vda /mnt && head -c 1048576 /dev/hwrng > /mnt/payload && sha256sum /mnt/payload && umount /mnt",
+        timeouts,
+        |l| l.ends_with("/mnt/payload") && l.len() > 64,
+    )?;
+    let sum = sum.split_whitespace().next().unwrap_or_default().to_string();
+    let past_end = boot_answer(
+        console,
+        &format!("dd if=/dev/vda of=/dev/null bs=512 skip={DISK_SECTORS} count=1 2>&1"),
+        timeouts,
+        |l| l.contains("records in"),
+    )?;
+    if !past_end.starts_with("0+0") {
+        bail!("reading past the end of the boot capsule's disk gave {past_end:?}, expected nothing (0+0 records)");
+    }
+
+    // The neighbour writes its mark and must not see the boot capsule's file system.
+    let list = run_in_boot(console, "keel start neighbour", timeouts.command)?;
+    if list.last().map(String::as_str) != Some("exit status 0") {
+        bail!("`keel start neighbour` failed: {list:?}");
+    }
+    wait_all_ready(console, ["neighbour"].into_iter(), timeouts.boot)?;
+    console.send_bytes(b"\x1d2")?;
+    console
+        .expect_line("focus on neighbour", timeouts.command, |line| line.contains("console input now goes to capsule 2"))
+        .context("focus moves to neighbour")?;
+    let seen = run_in(
+        console,
+        "neighbour",
+        &format!(
+            "echo size=$(cat /sys/block/vda/size) fs=$(grep -c lost+found /dev/vda); printf {NEIGHBOUR_MARK} | dd of=/dev/vda bs=512 seek={NEIGHBOUR_MARK_SECTOR} conv=sync 2>/dev/null; sync; true"
+        ),
+        timeouts.boot,
+    )?;
+    if !seen.iter().any(|l| l.trim() == format!("size={DISK_SECTORS} fs=0")) {
+        bail!("the neighbour's disk should be {DISK_SECTORS} sectors without the boot capsule's file system: {seen:?}");
+    }
+    console.send_bytes(b"\x1d1")?;
+    console
+        .expect_line("focus back on boot", timeouts.command, |line| line.contains("console input now goes to capsule 1"))
+        .context("focus moves back to the boot capsule")?;
+    let found = run_in(console, "boot", &format!("echo marks=$(grep -c {NEIGHBOUR_MARK} /dev/vda)"), timeouts.boot)?;
+    if !found.iter().any(|l| l.trim() == "marks=0") {
+        bail!("the boot capsule's disk shows the neighbour's mark: {found:?}");
+    }
+    console.send_line("poweroff")?;
+    let status = console.wait_exit(timeouts.power_off).context("poweroff ends QEMU")?;
+    if !status.success() {
+        bail!("QEMU exited with {status} after poweroff");
+    }
+    Ok(format!("{sum} | payload written; disks {DISK_SECTORS} sectors each, neither sees the other's"))
+}
+
+/// The disk image after the first boot: the boot capsule's ext2 superblock at its extent, the neighbour's mark at
+/// its own.
+fn check_disk_image(path: &std::path::Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut magic = [0u8; 2];
+    file.seek(SeekFrom::Start(BOOT_DISK_START + 1080))?;
+    file.read_exact(&mut magic)?;
+    if magic != [0x53, 0xef] {
+        bail!("no ext2 superblock at the boot capsule's extent (offset {BOOT_DISK_START:#x} of the disk image)");
+    }
+    let mut mark = vec![0u8; NEIGHBOUR_MARK.len()];
+    file.seek(SeekFrom::Start(NEIGHBOUR_DISK_START + NEIGHBOUR_MARK_SECTOR * 512))?;
+    file.read_exact(&mut mark)?;
+    if mark != NEIGHBOUR_MARK.as_bytes() {
+        bail!("the neighbour's mark is not at its extent's sector {NEIGHBOUR_MARK_SECTOR} in the disk image");
+    }
+    Ok(())
+}
+
+/// The second boot of keel-disk, on the same disk image: the file is there with the first boot's checksum.
+fn disk_second_boot(console: &mut Console, first: &str, timeouts: &Timeouts) -> Result<String> {
+    let expected = first.split(" | ").next().unwrap_or_default();
+    console.expect(READY, timeouts.boot).context("second boot to the init-ready line")?;
+    console.expect(PROMPT, timeouts.command).context("shell prompt")?;
+    let sum = boot_answer(
+        console,
+        "mkdir -p /mnt && mount -t ext2 /dev/vda /mnt && sha256sum /mnt/payload && umount /mnt",
+        timeouts,
+        |l| l.ends_with("/mnt/payload") && l.len() > 64,
+    )?;
+    let sum = sum.split_whitespace().next().unwrap_or_default();
+    if sum != expected {
+        bail!("after a power-off the file's checksum is {sum}, not {expected} as written");
+    }
+    console.send_line("poweroff")?;
+    let status = console.wait_exit(timeouts.power_off).context("poweroff ends QEMU")?;
+    if !status.success() {
+        bail!("QEMU exited with {status} after poweroff");
+    }
+    Ok(format!("after a power-off and a new boot the file's sha256 matches ({})", &sum[..12.min(sum.len())]))
 }
 
 /// The free-memory figure in `keel list` output.
@@ -912,6 +1299,251 @@ fn drive_management(console: &mut Console, timeouts: &Timeouts) -> Result<String
     ))
 }
 
+/// What the keel-hostile transcript shows (docs/hostile.md), read line by line.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct HostileReport {
+    /// N from `hostile: N cases; ...`.
+    announced: Option<u32>,
+    /// Cases from `hostile: ok <case>: ...` lines.
+    ok: Vec<String>,
+    /// Whole `hostile: FAILED ...` lines.
+    failed: Vec<String>,
+    /// (ok, failed) from `hostile: done, N ok, M failed`.
+    done: Option<(u32, u32)>,
+    /// Whether `canary: watching` came before the first case's line.
+    canary_watching_before_cases: bool,
+    /// Canary heartbeats between `hostile: spinning` and `hostile: spun`.
+    heartbeats_during_spin: usize,
+    /// Canary heartbeats after the done line.
+    heartbeats_after_done: usize,
+    /// `canary: CHANGED` and `canary: unexpected input` lines.
+    canary_alarms: Vec<String>,
+    /// Any line that mentions a panic.
+    panics: Vec<String>,
+    /// Keel's log lines about the hostile capsule's accesses outside its memory (loads, stores, fetches).
+    foreign_access_logs: usize,
+    /// Keel's log line about the hostile capsule using the management device without the right.
+    management_refusal_logged: bool,
+}
+
+impl HostileReport {
+    fn read(transcript: &str) -> HostileReport {
+        let mut report = HostileReport::default();
+        let mut spinning = false;
+        for line in transcript.lines().map(str::trim) {
+            if line.to_ascii_lowercase().contains("panic") {
+                report.panics.push(line.to_string());
+            }
+            if line.contains("[keel") && line.contains("'hostile'") && line.contains("injecting an access fault") {
+                report.foreign_access_logs += 1;
+            }
+            if line.contains("[keel") && line.contains("'hostile' used the management device without the right") {
+                report.management_refusal_logged = true;
+            }
+            if line.contains("canary: watching") && report.ok.is_empty() && report.failed.is_empty() {
+                report.canary_watching_before_cases = true;
+            }
+            if line.contains("canary: CHANGED") || line.contains("canary: unexpected input") {
+                report.canary_alarms.push(line.to_string());
+            }
+            if line.contains("canary: intact round") {
+                if spinning {
+                    report.heartbeats_during_spin += 1;
+                }
+                if report.done.is_some() {
+                    report.heartbeats_after_done += 1;
+                }
+            }
+            let Some((_, text)) = line.split_once("hostile: ") else { continue };
+            if let Some(rest) = text.strip_prefix("ok ") {
+                report.ok.push(rest.split(':').next().unwrap_or(rest).to_string());
+            } else if text.starts_with("FAILED ") {
+                report.failed.push(line.to_string());
+            } else if text == "spinning" {
+                spinning = true;
+            } else if text == "spun" {
+                spinning = false;
+            } else if let Some(rest) = text.strip_prefix("done, ") {
+                let mut numbers = rest.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty());
+                let ok = numbers.next().and_then(|n| n.parse().ok());
+                let failed = numbers.next().and_then(|n| n.parse().ok());
+                report.done = ok.zip(failed);
+            } else if let Some((count, _)) = text.split_once(" cases") {
+                report.announced = count.trim().parse().ok();
+            }
+        }
+        report
+    }
+
+    /// Every case ok and announced, the canary untouched and alive throughout, Keel unshaken.
+    fn verdict(&self) -> Result<String> {
+        if !self.panics.is_empty() {
+            bail!("a panic was reported: {:?}", self.panics);
+        }
+        if !self.failed.is_empty() {
+            bail!("{} hostile case(s) failed: {:?}", self.failed.len(), self.failed);
+        }
+        let announced = self.announced.context("the hostile guest never announced its case count")?;
+        let Some((ok, failed)) = self.done else { bail!("the hostile guest never printed its done line") };
+        if failed != 0 || ok != announced || self.ok.len() != announced as usize {
+            bail!(
+                "the hostile guest announced {announced} cases, printed {} ok lines and `done, {ok} ok, {failed} failed`",
+                self.ok.len()
+            );
+        }
+        if !self.canary_alarms.is_empty() {
+            bail!("the canary saw its memory or console touched: {:?}", self.canary_alarms);
+        }
+        if !self.canary_watching_before_cases {
+            bail!("the hostile guest's first case ran before the canary watched its memory (`canary: watching`)");
+        }
+        if self.heartbeats_during_spin < 2 {
+            bail!(
+                "the canary printed {} heartbeat(s) while the hostile capsule spun 3 s with interrupts masked; the hart was not shared",
+                self.heartbeats_during_spin
+            );
+        }
+        if self.heartbeats_after_done < 2 {
+            bail!("the canary stopped beating after the hostile capsule powered off");
+        }
+        if self.foreign_access_logs == 0 {
+            bail!("Keel logged none of the hostile capsule's accesses outside its memory");
+        }
+        if !self.management_refusal_logged {
+            bail!("Keel did not log the hostile capsule's use of the management device");
+        }
+        Ok(format!(
+            "{announced} hostile cases ok; canary intact ({} heartbeats during the masked spin); {} foreign accesses logged",
+            self.heartbeats_during_spin, self.foreign_access_logs
+        ))
+    }
+}
+
+/// The hostile capsule beside the canary: waits for the hostile guest's verdict and a few canary heartbeats after
+/// it powered off, then reads the whole transcript. The canary never stops, so dropping the console ends QEMU.
+fn drive_hostile(console: &mut Console, timeouts: &Timeouts) -> Result<String> {
+    console
+        .expect_line("the canary's first heartbeat", timeouts.boot, |line| line.contains("canary: intact round"))
+        .context("the canary fills its RAM and starts watching")?;
+    // The cases take a few seconds of floods and the 3 s masked spin, on a hart shared with the canary.
+    console
+        .expect_line("`hostile: done, N ok, M failed`", timeouts.boot, |line| line.contains("hostile: done, "))
+        .context("the hostile guest runs all its cases")?;
+    console
+        .expect_line("Keel stopping the hostile capsule", timeouts.command, |line| {
+            line.contains("[keel") && line.contains("'hostile'") && line.contains("stopped")
+        })
+        .context("the hostile capsule's power-off stops only it")?;
+    for _ in 0..2 {
+        console
+            .expect_line("a canary heartbeat after the hostile capsule stopped", timeouts.command, |line| {
+                line.contains("canary: intact round")
+            })
+            .context("the canary keeps running")?;
+    }
+    HostileReport::read(&console.transcript()).verdict()
+}
+
+/// A line `accept` takes: already in the transcript (a quick capsule may print it while the command that started
+/// it is still being answered), or else the next one to arrive.
+fn seen_or_awaited(
+    console: &mut Console,
+    what: &str,
+    timeout: Duration,
+    accept: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let transcript = console.transcript();
+    match transcript.lines().map(str::trim).find(|line| accept(line)) {
+        Some(line) => Ok(line.to_string()),
+        None => console.expect_line(what, timeout, accept),
+    }
+}
+
+/// Host-physical ranges from Keel's line `capsule 'NAME' RAM at host 0x..-0x.. 0x..-0x..`, the last such line for
+/// the capsule.
+fn host_ranges(transcript: &str, capsule: &str) -> Vec<(u64, u64)> {
+    let needle = format!("capsule '{capsule}' RAM at host ");
+    let Some(line) = transcript.lines().rev().find(|line| line.contains(&needle)) else { return Vec::new() };
+    let (_, ranges) = line.split_once(&needle).unwrap_or_default();
+    ranges
+        .split_whitespace()
+        .filter_map(|range| {
+            let (start, end) = range.split_once("..")?;
+            let parse = |text: &str| u64::from_str_radix(text.trim_start_matches("0x"), 16).ok();
+            Some((parse(start)?, parse(end)?))
+        })
+        .collect()
+}
+
+/// Bytes that two range lists have in common.
+fn overlap(first: &[(u64, u64)], second: &[(u64, u64)]) -> u64 {
+    first
+        .iter()
+        .flat_map(|&(a_start, a_end)| {
+            second.iter().map(move |&(b_start, b_end)| a_end.min(b_end).saturating_sub(a_start.max(b_start)))
+        })
+        .sum()
+}
+
+/// `writer` fills its RAM and powers off; `reader`, started after it is gone, must find only zeros, in host
+/// memory that (Keel's allocation log shows) was the writer's.
+fn drive_scrub(console: &mut Console, timeouts: &Timeouts) -> Result<String> {
+    // The boot capsule runs alone, so its lines are not tagged yet.
+    console.expect(READY, timeouts.boot).context("the boot capsule boots to its init-ready line")?;
+    console.expect(PROMPT, timeouts.command).context("the boot capsule's shell prompt")?;
+
+    let start = run_in_boot(console, "keel start writer", timeouts.command)?;
+    if start.last().map(String::as_str) != Some("exit status 0") {
+        bail!("`keel start writer` failed: {start:?}");
+    }
+    let wrote = seen_or_awaited(console, "the writer's pattern line", timeouts.command, |line| {
+        line.contains("[writer] scrub: wrote pattern over")
+    })
+    .context("the writer fills its RAM")?;
+    let mut stopped = false;
+    for _ in 0..20 {
+        let list = run_in_boot(console, "keel list", timeouts.command)?;
+        if list.iter().any(|line| line.contains("writer") && line.contains("stopped")) {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if !stopped {
+        bail!("the writer did not stop after powering off");
+    }
+
+    let start = run_in_boot(console, "keel start reader", timeouts.command)?;
+    if start.last().map(String::as_str) != Some("exit status 0") {
+        bail!("`keel start reader` failed: {start:?}");
+    }
+    let read = seen_or_awaited(console, "the reader's count line", timeouts.command, |line| {
+        line.contains("[reader] scrub: ") && line.contains(" nonzero")
+    })
+    .context("the reader checks its RAM")?;
+    let transcript = console.transcript();
+    let writer = host_ranges(&transcript, "writer");
+    let reader = host_ranges(&transcript, "reader");
+    let shared = overlap(&writer, &reader);
+    if !read.trim_end().ends_with(" 0 nonzero") {
+        bail!("the reader found the writer's data: {}", read.trim());
+    }
+    if shared == 0 {
+        bail!(
+            "the reader's host memory {reader:x?} does not overlap the writer's {writer:x?}: the test shows nothing"
+        );
+    }
+
+    console.send_line("poweroff")?;
+    let status = console.wait_exit(timeouts.power_off).context("poweroff in the boot capsule ends QEMU")?;
+    if !status.success() {
+        bail!("QEMU exited with {status} after poweroff, expected exit status 0");
+    }
+    let wrote = wrote.split_once("scrub: ").map_or(wrote.as_str(), |(_, text)| text).trim().to_string();
+    let read = read.split_once("scrub: ").map_or(read.as_str(), |(_, text)| text).trim().to_string();
+    Ok(format!("{wrote}; reader: {read}, in {} MiB of the writer's host memory", shared >> 20))
+}
+
 /// Keel must refuse to run with a message containing `text`, and QEMU must exit non-zero.
 fn expect_refusal(console: &mut Console, text: &str, timeouts: &Timeouts) -> Result<String> {
     let line = console
@@ -969,6 +1601,7 @@ mod unit {
     fn scenario_names_are_unique_and_cover_both_kernels_and_qemus() {
         let mut names: Vec<&str> = SCENARIOS.iter().map(|scenario| scenario.name).collect();
         names.push(HOST_TESTS);
+        names.push(FUZZ);
         let count = names.len();
         names.sort_unstable();
         names.dedup();
@@ -1086,6 +1719,44 @@ mod unit {
     }
 
     #[test]
+    fn hardware_rng_extra_needs_virtio_rng_and_sixteen_bytes() {
+        let script = |rng: &str, count: &str| {
+            format!(
+                r#"
+            echo "keel-guest: init ready"
+            while printf 'keel-guest# ' && read -r line; do
+              case "$line" in
+                'echo $((6*7))') echo 42 ;;
+                dmesg*) echo "[    0.0] SBI implementation ID=0x1 Version=0x10004" ;;
+                'cat /proc/cpuinfo') printf 'isa\t\t: rv64imafdc\n' ;;
+                'cat /sys/class/misc/hw_random/rng_current') echo {rng} ;;
+                'head -c 16 /dev/hwrng | wc -c') echo '{count}' ;;
+                poweroff) exit 0 ;;
+              esac
+            done
+        "#
+            )
+        };
+        let timeouts = Timeouts {
+            boot: Duration::from_secs(10),
+            command: Duration::from_secs(2),
+            power_off: Duration::from_secs(10),
+        };
+        let run = |script: String| {
+            let mut command = Command::new("sh");
+            command.args(["-c", &script]);
+            let mut console = Console::spawn(command).unwrap();
+            drive(&mut console, OPENSBI_SBI_ID, &[Extra::HardwareRng], &timeouts)
+        };
+        let summary = run(script("virtio_rng.0", "      16")).unwrap();
+        assert!(summary.contains("virtio_rng.0 gave 16 bytes"), "{summary}");
+        let error = run(script("none", "16")).unwrap_err();
+        assert!(format!("{error:#}").contains("the current hardware RNG is virtio-rng"), "{error:#}");
+        let error = run(script("virtio_rng.0", "0")).unwrap_err();
+        assert!(format!("{error:#}").contains("16 bytes read from /dev/hwrng"), "{error:#}");
+    }
+
+    #[test]
     fn refusal_needs_the_message_and_a_failure_status() {
         let timeouts = Timeouts {
             boot: Duration::from_secs(5),
@@ -1102,5 +1773,84 @@ mod unit {
         let mut console = Console::spawn(command).unwrap();
         let error = expect_refusal(&mut console, "no way", &timeouts).unwrap_err();
         assert!(format!("{error:#}").contains("status 0"), "{error:#}");
+    }
+
+    fn hostile_transcript(spin_beats: usize, extra: &str) -> String {
+        let mut text = String::from(
+            "[keel h0] INFO  capsule 'canary' RAM at host 0x80800000..0x81800000\n\
+             [canary] canary: watching 15000 KiB of RAM and the UART\n\
+             [hostile] hostile: 3 cases; RAM 0x80000000..0x81000000, free 0x80260000..0x80ffe000\n\
+             [keel h0] WARN  capsule 'hostile' vCPU 0: load of 4 bytes at 0x81000000 (pc 0x80200100) is outside its memory and devices; injecting an access fault\n\
+             [hostile] hostile: ok load-store-past-ram: load and store access faults injected\n\
+             [keel h0] WARN  capsule 1 'hostile' used the management device without the right to\n\
+             [hostile] hostile: ok management-stop-canary-denied: stop command refused with DENIED\n\
+             [canary] canary: intact round 1\n\
+             [hostile] hostile: spinning\n",
+        );
+        for round in 0..spin_beats {
+            text.push_str(&format!("[canary] canary: intact round {}\n", round + 2));
+        }
+        text.push_str("[hostile] hostile: spun\n[hostile] hostile: ok masked-spin: 3 s\n");
+        text.push_str(extra);
+        text.push_str(
+            "[hostile] hostile: done, 3 ok, 0 failed\n\
+             [keel h0] INFO  capsule 2 'hostile' shut down; stopped (restart policy never)\n\
+             [canary] canary: intact round 20\n[canary] canary: intact round 21\n",
+        );
+        text
+    }
+
+    #[test]
+    fn hostile_report_passes_a_clean_run() {
+        let report = HostileReport::read(&hostile_transcript(4, ""));
+        assert_eq!(report.announced, Some(3));
+        assert_eq!(report.ok, ["load-store-past-ram", "management-stop-canary-denied", "masked-spin"]);
+        assert_eq!(report.done, Some((3, 0)));
+        assert!(report.canary_watching_before_cases);
+        assert_eq!(report.heartbeats_during_spin, 4);
+        assert_eq!(report.heartbeats_after_done, 2);
+        assert_eq!(report.foreign_access_logs, 1);
+        assert!(report.management_refusal_logged);
+        let summary = report.verdict().unwrap();
+        assert!(summary.contains("3 hostile cases ok"), "{summary}");
+    }
+
+    #[test]
+    fn hostile_report_fails_on_each_problem() {
+        let message = |spin_beats, extra: &str| {
+            format!("{:#}", HostileReport::read(&hostile_transcript(spin_beats, extra)).verdict().unwrap_err())
+        };
+        assert!(message(0, "").contains("heartbeat"));
+        let changed = message(4, "[canary] canary: CHANGED at 0x80300000 expected 0x1 found 0x2\n");
+        assert!(changed.contains("canary saw"), "{changed}");
+        assert!(message(4, "[canary] canary: unexpected input 0x41\n").contains("canary saw"));
+        let failed = message(4, "[hostile] hostile: FAILED fetch-past-ram: 0 trap(s)\n");
+        assert!(failed.contains("fetch-past-ram"), "{failed}");
+        assert!(message(4, "[keel h0] ERROR panicked at run.rs:1\n").contains("panic"));
+        // One case announced but never reported: the counts disagree.
+        let missing = hostile_transcript(4, "").replace("hostile: 3 cases", "hostile: 4 cases");
+        let missing = format!("{:#}", HostileReport::read(&missing).verdict().unwrap_err());
+        assert!(missing.contains("announced 4 cases"), "{missing}");
+        let late = hostile_transcript(4, "").replace(
+            "[canary] canary: watching 15000 KiB of RAM and the UART\n",
+            "",
+        ) + "[canary] canary: watching 15000 KiB of RAM and the UART\n";
+        let late = format!("{:#}", HostileReport::read(&late).verdict().unwrap_err());
+        assert!(late.contains("before the canary watched"), "{late}");
+        let unlogged = hostile_transcript(4, "").replace("injecting an access fault", "");
+        assert!(HostileReport::read(&unlogged).verdict().is_err());
+    }
+
+    #[test]
+    fn host_ranges_and_overlap() {
+        let transcript = "[keel h0] INFO  capsule 'writer' RAM at host 0x82000000..0x83000000 0x84000000..0x84200000\n\
+                          [keel h0] INFO  capsule 'reader' RAM at host 0x82e00000..0x84000000\n";
+        let writer = host_ranges(transcript, "writer");
+        assert_eq!(writer, [(0x8200_0000, 0x8300_0000), (0x8400_0000, 0x8420_0000)]);
+        let reader = host_ranges(transcript, "reader");
+        assert_eq!(reader, [(0x82e0_0000, 0x8400_0000)]);
+        assert_eq!(overlap(&writer, &reader), 0x20_0000);
+        assert_eq!(overlap(&writer, &[(0x9000_0000, 0x9100_0000)]), 0);
+        assert!(host_ranges(transcript, "nobody").is_empty());
     }
 }
