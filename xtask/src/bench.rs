@@ -1146,8 +1146,7 @@ fn scale_session(qemu: &Qemu, machine: &Machine, hypervisor: &Path, count: usize
     const TIMEOUT: Duration = Duration::from_secs(300);
     let command = qemu.command(machine, &Payload::Hypervisor(hypervisor.to_path_buf()));
     let spawned = Instant::now();
-    let mut console = Console::spawn(command)?;
-    let result = (|| -> Result<Record> {
+    console_session(command, log, |console| {
         let mut waiting: std::collections::BTreeSet<String> = (0..count).map(scale_capsule_name).collect();
         let mut values = BTreeMap::new();
         while !waiting.is_empty() {
@@ -1162,15 +1161,28 @@ fn scale_session(qemu: &Qemu, machine: &Machine, hypervisor: &Path, count: usize
         }
         values.insert("all_ready_s".to_string(), spawned.elapsed().as_secs_f64());
         console.expect(PROMPT, Duration::from_secs(60)).context("the boot capsule's prompt")?;
-        console.send_line("poweroff")?;
-        let status = console.wait_exit(Duration::from_secs(60)).context("poweroff ends QEMU")?;
-        if !status.success() {
-            bail!("QEMU exited with {status} after poweroff, expected exit status 0");
-        }
+        power_off(console)?;
         Ok((values, None))
-    })();
+    })
+}
+
+/// Spawns QEMU with `command`, holds the conversation `talk`, and keeps the transcript in `log`; a failure carries
+/// the last console lines.
+fn console_session(command: std::process::Command, log: &Path, talk: impl FnOnce(&mut Console) -> Result<Record>) -> Result<Record> {
+    let mut console = Console::spawn(command)?;
+    let result = talk(&mut console);
     let _ = fs::write(log, console.transcript());
     result.map_err(|error| error.context(format!("last console lines:\n{}", console.tail(15))))
+}
+
+/// Types `poweroff` and requires QEMU to exit with status 0.
+fn power_off(console: &mut Console) -> Result<()> {
+    console.send_line("poweroff")?;
+    let status = console.wait_exit(Duration::from_secs(60)).context("poweroff ends QEMU")?;
+    if !status.success() {
+        bail!("QEMU exited with {status} after poweroff, expected exit status 0");
+    }
+    Ok(())
 }
 
 /// The guest's `/proc/uptime` before and after a command, from the line `io-uptime BEFORE AFTER`.
@@ -1186,8 +1198,7 @@ fn disk_session(qemu: &Qemu, machine: &Machine, payload: &Payload, disk: &Path, 
     const TIMEOUT: Duration = Duration::from_secs(180);
     let mut command = qemu.command(machine, payload);
     command.args(qemu::disk_args(disk));
-    let mut console = Console::spawn(command)?;
-    let result = (|| -> Result<Record> {
+    console_session(command, log, |console| {
         console.expect(READY, TIMEOUT).context("boot to the init-ready line")?;
         console.expect(PROMPT, TIMEOUT).context("the first shell prompt")?;
         let mut values = BTreeMap::new();
@@ -1207,15 +1218,9 @@ fn disk_session(qemu: &Qemu, machine: &Machine, payload: &Payload, disk: &Path, 
             values.insert(key.to_string(), (IO_MIB << 20) as f64 / 1e6 / seconds);
             console.expect(PROMPT, TIMEOUT).context("the prompt after dd")?;
         }
-        console.send_line("poweroff")?;
-        let status = console.wait_exit(Duration::from_secs(60)).context("poweroff ends QEMU")?;
-        if !status.success() {
-            bail!("QEMU exited with {status} after poweroff, expected exit status 0");
-        }
+        power_off(console)?;
         Ok((values, None))
-    })();
-    let _ = fs::write(log, console.transcript());
-    result.map_err(|error| error.context(format!("last console lines:\n{}", console.tail(15))))
+    })
 }
 
 fn record_run(

@@ -106,27 +106,6 @@ pub fn disk_args(image: &Path) -> Vec<OsString> {
     ["-drive".into(), drive, "-device".into(), "virtio-blk-device,drive=keel-disk".into()].to_vec()
 }
 
-/// A TCP port of the machine running QEMU forwarded into the machine's network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortForward {
-    pub host_port: u16,
-    pub guest_address: String,
-    pub guest_port: u16,
-}
-
-/// Arguments that give the machine a network card on QEMU's user-mode network (10.0.2.0/24, gateway 10.0.2.2),
-/// with `forwards` from 127.0.0.1 on the machine running QEMU.
-pub fn network_args(forwards: &[PortForward]) -> Vec<OsString> {
-    let mut netdev = String::from("user,id=keel-net");
-    for forward in forwards {
-        netdev.push_str(&format!(
-            ",hostfwd=tcp:127.0.0.1:{}-{}:{}",
-            forward.host_port, forward.guest_address, forward.guest_port
-        ));
-    }
-    ["-netdev".into(), netdev.into(), "-device".into(), "virtio-net-device,netdev=keel-net".into()].to_vec()
-}
-
 /// Makes (or keeps) a sparse raw disk image of `size_mib` MiB at `path`.
 pub fn ensure_disk_image(path: &Path, size_mib: u64) -> Result<()> {
     if path.is_file() {
