@@ -157,13 +157,12 @@ pub struct DiskSpec<'a> {
 /// host has one. Fails if a disk is not inside the host disk or there is no host disk.
 pub fn build(disks: &[DiskSpec<'_>]) -> Result<Vec<Slot>, String> {
     let mut slots = Vec::new();
-    let mut next = 0usize;
-    let mut take_slot = |slots: &Vec<Slot>| -> Result<(u64, u32), String> {
-        if slots.len() >= SLOTS {
+    // The next free slot's address and interrupt source: slots are filled in order.
+    let take_slot = |slots: &Vec<Slot>| -> Result<(u64, u32), String> {
+        let index = slots.len();
+        if index >= SLOTS {
             return Err(format!("more than {SLOTS} virtio devices"));
         }
-        let index = next;
-        next += 1;
         Ok((FIRST_SLOT_BASE + index as u64 * SLOT_SIZE, FIRST_IRQ + index as u32))
     };
     for disk in disks {
