@@ -102,6 +102,7 @@ pub fn build_and_run(
     jobs: usize,
 ) -> Result<Vec<TargetReport>> {
     check_targets_exist(workspace)?;
+    crate::setup::ensure_host_tools()?;
     ensure_cargo_fuzz()?;
     build(workspace)?;
     let binaries = binary_dir(workspace)?;

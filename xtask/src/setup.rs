@@ -64,6 +64,11 @@ const TOOLS: &[Tool] = &[
         why: "kernel build host programs",
     },
     Tool {
+        probe: Probe::Program("g++"),
+        package: "g++",
+        why: "libFuzzer, which the fuzz targets link, is C++",
+    },
+    Tool {
         probe: Probe::File("/usr/include/stdio.h"),
         package: "libc6-dev",
         why: "kernel build host programs",
