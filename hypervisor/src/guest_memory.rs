@@ -152,9 +152,11 @@ impl Drop for GuestMemory {
     }
 }
 
-/// Which capsule owns each chunk of guest RAM, kept and checked only in builds with debug assertions (Keel's
-/// release profile turns them on). The invariants: a chunk is handed to one capsule at a time, only its owner's
-/// G-stage maps it, only its owner frees it, and Keel's own pages (G-stage tables) are never guest RAM.
+/// Which capsule owns each chunk of guest RAM, kept and checked in every build. The invariants: a chunk is handed
+/// to one capsule at a time, only its owner's G-stage maps it, only its owner frees it, and Keel's own pages
+/// (G-stage tables) are never guest RAM. The checks run when RAM is allocated, mapped or freed, never on the exit
+/// path, so they cost nothing that matters; a broken invariant stops Keel rather than let a page leak between
+/// capsules.
 pub mod ledger {
     use alloc::collections::BTreeMap;
 
@@ -166,35 +168,27 @@ pub mod ledger {
 
     /// Records that `chunk` now belongs to capsule `owner`; it must have belonged to nobody.
     pub fn claim(chunk: usize, owner: u32) {
-        if cfg!(debug_assertions) {
-            let previous = OWNERS.lock().insert(chunk, owner);
-            assert!(previous.is_none(), "RAM chunk {chunk:#x} handed to capsule {owner} while capsule {previous:?} owns it");
-        }
+        let previous = OWNERS.lock().insert(chunk, owner);
+        assert!(previous.is_none(), "RAM chunk {chunk:#x} handed to capsule {owner} while capsule {previous:?} owns it");
     }
 
     /// Records that `owner` gave `chunk` back; it must have been `owner`'s.
     pub fn release(chunk: usize, owner: u32) {
-        if cfg!(debug_assertions) {
-            let previous = OWNERS.lock().remove(&chunk);
-            assert_eq!(previous, Some(owner), "RAM chunk {chunk:#x} freed by capsule {owner} but owned by {previous:?}");
-        }
+        let previous = OWNERS.lock().remove(&chunk);
+        assert_eq!(previous, Some(owner), "RAM chunk {chunk:#x} freed by capsule {owner} but owned by {previous:?}");
     }
 
     /// Checks that the chunk holding host address `address` belongs to `owner` (before mapping it for `owner`).
     pub fn assert_owned_by(address: usize, owner: u32) {
-        if cfg!(debug_assertions) {
-            let chunk = address & !(CHUNK as usize - 1);
-            let found = OWNERS.lock().get(&chunk).copied();
-            assert_eq!(found, Some(owner), "host {address:#x} mapped into capsule {owner} but owned by {found:?}");
-        }
+        let chunk = address & !(CHUNK as usize - 1);
+        let found = OWNERS.lock().get(&chunk).copied();
+        assert_eq!(found, Some(owner), "host {address:#x} mapped into capsule {owner} but owned by {found:?}");
     }
 
     /// Checks that host address `address` is not guest RAM of any capsule (Keel's own pages).
     pub fn assert_not_guest_ram(address: usize) {
-        if cfg!(debug_assertions) {
-            let chunk = address & !(CHUNK as usize - 1);
-            let found = OWNERS.lock().get(&chunk).copied();
-            assert!(found.is_none(), "Keel page {address:#x} lies in RAM of capsule {found:?}");
-        }
+        let chunk = address & !(CHUNK as usize - 1);
+        let found = OWNERS.lock().get(&chunk).copied();
+        assert!(found.is_none(), "Keel page {address:#x} lies in RAM of capsule {found:?}");
     }
 }
