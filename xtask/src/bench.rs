@@ -583,37 +583,19 @@ impl Context<'_> {
                 shell::describe(&self.qemu.command(machine, payload)),
             );
         }
-        for (order, (index, repetition)) in stats::alternation(variants.len(), reps)
-            .into_iter()
-            .enumerate()
-        {
+        let labels = variants.each_ref().map(|(variant, _, _)| variant.label().to_string());
+        self.alternate(&mut benchmark, &labels, reps, |index, log| {
             let (variant, machine, payload) = &variants[index];
-            let log = self.log_path(name, variant.label(), repetition);
-            let result = boot_session(
+            boot_session(
                 &self.qemu,
                 machine,
                 payload,
                 kernel.boot_timeout(*variant == Variant::Keel),
                 Activity::Nothing,
-                &log,
-            );
-            let run = record_run(
-                order,
-                variant.label(),
-                repetition,
-                result.map(Session::into_record),
-                &log,
-            );
-            benchmark.runs.push(run);
-        }
-        let pick = |variant: Variant, key: &str| -> Vec<f64> {
-            benchmark
-                .runs
-                .iter()
-                .filter(|run| run.ok && run.variant == variant.label())
-                .filter_map(|run| run.values.get(key).copied())
-                .collect()
-        };
+                log,
+            )
+            .map(Session::into_record)
+        });
         let figures = [
             ("init ready", "init_ready_s"),
             ("shell prompt", "shell_prompt_s"),
@@ -623,12 +605,29 @@ impl Context<'_> {
             Figure::compared(
                 label,
                 "s",
-                &pick(Variant::Keel, key),
-                &pick(Variant::Native, key),
+                &benchmark.samples(Variant::Keel.label(), key),
+                &benchmark.samples(Variant::Native.label(), key),
             )
         });
         benchmark.figures.extend(figures);
         benchmark
+    }
+
+    /// Runs `reps` repetitions of each variant in alternation (A B A B ...), each with its console log under the
+    /// run's log directory, and records them in `benchmark`. `run` gets the variant's index and its log path.
+    fn alternate(
+        &self,
+        benchmark: &mut Benchmark,
+        labels: &[String],
+        reps: u32,
+        mut run: impl FnMut(usize, &Path) -> Result<Record>,
+    ) {
+        for (order, (index, repetition)) in stats::alternation(labels.len(), reps).into_iter().enumerate() {
+            let label = &labels[index];
+            let log = self.log_path(&benchmark.name, label, repetition);
+            let result = run(index, &log);
+            benchmark.runs.push(record_run(order, label, repetition, result, &log));
+        }
     }
 
     /// A manifest of `count` small-kernel capsules that all start at boot (the first is the boot capsule),
@@ -686,21 +685,12 @@ impl Context<'_> {
                 shell::describe(&self.qemu.command(&machine, &Payload::Hypervisor(hypervisor.clone()))),
             );
         }
-        for (order, (index, repetition)) in stats::alternation(hypervisors.len(), reps).into_iter().enumerate() {
+        let labels: Vec<String> = hypervisors.iter().map(|(count, _)| format!("{count}-capsules")).collect();
+        self.alternate(&mut benchmark, &labels, reps, |index, log| {
             let (count, hypervisor) = &hypervisors[index];
-            let variant = format!("{count}-capsules");
-            let log = self.log_path(name, &variant, repetition);
-            let result = scale_session(&self.qemu, &machine, hypervisor, *count, &log);
-            benchmark.runs.push(record_run(order, &variant, repetition, result, &log));
-        }
-        let ready = |count: usize| -> Vec<f64> {
-            benchmark
-                .runs
-                .iter()
-                .filter(|run| run.ok && run.variant == format!("{count}-capsules"))
-                .filter_map(|run| run.values.get("all_ready_s").copied())
-                .collect()
-        };
+            scale_session(&self.qemu, &machine, hypervisor, *count, log)
+        });
+        let ready = |count: usize| benchmark.samples(&format!("{count}-capsules"), "all_ready_s");
         let alone = ready(1);
         let figures: Vec<Figure> = SCALE_COUNTS
             .iter()
@@ -732,22 +722,15 @@ impl Context<'_> {
                 .commands
                 .insert(variant.label().to_string(), shell::describe(&self.qemu.command(machine, payload)));
         }
-        for (order, (index, repetition)) in stats::alternation(variants.len(), reps).into_iter().enumerate() {
-            let (variant, machine, payload, disk) = &variants[index];
-            let log = self.log_path(name, variant.label(), repetition);
-            let result = disk_session(&self.qemu, machine, payload, disk, &log);
-            benchmark.runs.push(record_run(order, variant.label(), repetition, result, &log));
-        }
-        let pick = |variant: Variant, key: &str| -> Vec<f64> {
-            benchmark
-                .runs
-                .iter()
-                .filter(|run| run.ok && run.variant == variant.label())
-                .filter_map(|run| run.values.get(key).copied())
-                .collect()
-        };
+        let labels = variants.each_ref().map(|(variant, _, _, _)| variant.label().to_string());
+        self.alternate(&mut benchmark, &labels, reps, |index, log| {
+            let (_, machine, payload, disk) = &variants[index];
+            disk_session(&self.qemu, machine, payload, disk, log)
+        });
         for (label, key) in [("sequential write", "write_mb_s"), ("sequential read", "read_mb_s")] {
-            benchmark.figures.push(Figure::compared(label, "MB/s", &pick(Variant::Keel, key), &pick(Variant::Native, key)));
+            let keel = benchmark.samples(Variant::Keel.label(), key);
+            let native = benchmark.samples(Variant::Native.label(), key);
+            benchmark.figures.push(Figure::compared(label, "MB/s", &keel, &native));
         }
         benchmark
     }
@@ -804,30 +787,16 @@ impl Context<'_> {
                 shell::describe(&self.qemu.command(machine, payload)),
             );
         }
-        for (order, (index, repetition)) in stats::alternation(variants.len(), reps)
-            .into_iter()
-            .enumerate()
-        {
-            let (variant, machine, payload) = &variants[index];
-            let log = self.log_path(name, variant.label(), repetition);
-            let result = bench_guest_session(&self.qemu, machine, payload, &log)
-                .map(|values| (values, None));
-            benchmark
-                .runs
-                .push(record_run(order, variant.label(), repetition, result, &log));
-        }
+        let labels = variants.each_ref().map(|(variant, _, _)| variant.label().to_string());
+        self.alternate(&mut benchmark, &labels, reps, |index, log| {
+            let (_, machine, payload) = &variants[index];
+            bench_guest_session(&self.qemu, machine, payload, log).map(|values| (values, None))
+        });
         for (label, key) in [
             ("SBI call (sbi_get_spec_version)", "sbi-call-ns"),
             ("UART LSR read (MMIO)", "mmio-read-ns"),
         ] {
-            let pick = |variant: Variant| -> Vec<f64> {
-                benchmark
-                    .runs
-                    .iter()
-                    .filter(|run| run.ok && run.variant == variant.label())
-                    .filter_map(|run| run.values.get(key).copied())
-                    .collect()
-            };
+            let pick = |variant: Variant| benchmark.samples(variant.label(), key);
             let figure =
                 Figure::compared(label, "ns", &pick(Variant::Keel), &pick(Variant::Native));
             benchmark.figures.push(figure);
@@ -908,34 +877,26 @@ impl Context<'_> {
                 shell::describe(&self.qemu.command(machine, payload)),
             );
         }
-        for (order, (index, repetition)) in
-            stats::alternation(plan.len(), reps).into_iter().enumerate()
-        {
-            let (variant_index, label, activity) = &plan[index];
+        let labels: Vec<String> = plan.iter().map(|(_, label, _)| label.clone()).collect();
+        self.alternate(&mut benchmark, &labels, reps, |index, log| {
+            let (variant_index, _, activity) = &plan[index];
             let (variant, machine, payload) = &variants[*variant_index];
-            let log = self.log_path(name, label, repetition);
-            let result = boot_session(
+            boot_session(
                 &self.qemu,
                 machine,
                 payload,
                 kernel.boot_timeout(*variant == Variant::Keel),
                 *activity,
-                &log,
+                log,
             )
             .and_then(|session| {
                 if *variant == Variant::Keel && session.exits.is_none() {
                     bail!("Keel logged no exit counts for capsule '{BOOT_CAPSULE}' at shutdown");
                 }
                 Ok(session)
-            });
-            benchmark.runs.push(record_run(
-                order,
-                label,
-                repetition,
-                result.map(Session::into_record),
-                &log,
-            ));
-        }
+            })
+            .map(Session::into_record)
+        });
         benchmark.figures = exit_rate_figures(&benchmark.runs, &plan, reps);
         // Rounds per wall second of the loop: `date +%s` has whole seconds, so a loop of N seconds
         // runs between N-1 and N; dividing by the time it took keeps Keel and native comparable.

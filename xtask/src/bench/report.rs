@@ -97,6 +97,15 @@ impl Benchmark {
         self.runs.iter().filter(|run| !run.ok).count()
     }
 
+    /// The value `key` of every successful run of `variant`, in run order.
+    pub fn samples(&self, variant: &str, key: &str) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|run| run.ok && run.variant == variant)
+            .filter_map(|run| run.values.get(key).copied())
+            .collect()
+    }
+
     /// Ok unless skipped, or a run or a preparation step failed.
     pub fn settle_status(&mut self) {
         if self.status != Status::Skipped && (self.failed_runs() > 0 || !self.errors.is_empty()) {
