@@ -131,26 +131,31 @@ impl fmt::Debug for Capsule<'_> {
     }
 }
 
-/// A capsule name held inline, so errors can name capsules without borrowing the image or allocating.
+/// A name of at most `N` bytes held inline, so errors can name capsules and disks without borrowing the image or
+/// allocating.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct CapsuleName {
-    bytes: [u8; MAX_NAME_LEN],
+pub struct InlineName<const N: usize> {
+    bytes: [u8; N],
     length: u8,
 }
 
-impl CapsuleName {
-    /// Copies `name`, cutting it at [`MAX_NAME_LEN`] bytes (on a character boundary).
+/// A capsule name held inline.
+pub type CapsuleName = InlineName<MAX_NAME_LEN>;
+
+impl<const N: usize> InlineName<N> {
+    /// Copies `name`, cutting it at `N` bytes (on a character boundary).
     pub fn new(name: &str) -> Self {
-        let mut length = name.len().min(MAX_NAME_LEN);
+        const { assert!(N <= u8::MAX as usize, "the length must fit in a u8") };
+        let mut length = name.len().min(N);
         while !name.is_char_boundary(length) {
             length -= 1;
         }
-        let mut bytes = [0u8; MAX_NAME_LEN];
+        let mut bytes = [0u8; N];
         let source = name.as_bytes().get(..length).unwrap_or_default();
         if let Some(target) = bytes.get_mut(..length) {
             target.copy_from_slice(source);
         }
-        // `length` is at most MAX_NAME_LEN (64), which fits in a u8.
+        // `length` is at most N, which the assertion above keeps within a u8.
         Self {
             bytes,
             length: length as u8,
@@ -168,13 +173,13 @@ impl CapsuleName {
     }
 }
 
-impl fmt::Debug for CapsuleName {
+impl<const N: usize> fmt::Debug for InlineName<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
-impl fmt::Display for CapsuleName {
+impl<const N: usize> fmt::Display for InlineName<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

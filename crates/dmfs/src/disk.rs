@@ -109,53 +109,7 @@ impl fmt::Debug for Disks<'_> {
 }
 
 /// A disk name held inline, so errors can name disks without borrowing the image or allocating.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct DiskName {
-    bytes: [u8; MAX_DISK_NAME_LEN],
-    length: u8,
-}
-
-impl DiskName {
-    /// Copies `name`, cutting it at [`MAX_DISK_NAME_LEN`] bytes (on a character boundary).
-    pub fn new(name: &str) -> Self {
-        let mut length = name.len().min(MAX_DISK_NAME_LEN);
-        while !name.is_char_boundary(length) {
-            length -= 1;
-        }
-        let mut bytes = [0u8; MAX_DISK_NAME_LEN];
-        let source = name.as_bytes().get(..length).unwrap_or_default();
-        if let Some(target) = bytes.get_mut(..length) {
-            target.copy_from_slice(source);
-        }
-        // `length` is at most MAX_DISK_NAME_LEN (20), which fits in a u8.
-        Self {
-            bytes,
-            length: length as u8,
-        }
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        let bytes = self
-            .bytes
-            .get(..usize::from(self.length))
-            .unwrap_or_default();
-        // Always valid: `new` copies a whole-character prefix of a `str`.
-        core::str::from_utf8(bytes).unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for DiskName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for DiskName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub type DiskName = crate::capsule::InlineName<MAX_DISK_NAME_LEN>;
 
 /// Checks a disk name and returns it as a `str`.
 ///

@@ -30,7 +30,7 @@ mod signature;
 #[cfg(feature = "alloc")]
 mod writer;
 
-pub use capsule::{Capsule, CapsuleName, KernelFormat, RestartPolicy};
+pub use capsule::{Capsule, CapsuleName, InlineName, KernelFormat, RestartPolicy};
 pub use crc::{checksum, Crc32};
 pub use disk::{check_disk_extent, check_disk_name, Disk, DiskName, Disks};
 pub use error::{CapsuleProblem, DiskLocation, DiskProblem, Field, FieldProblem, FormatError};
