@@ -95,6 +95,12 @@ pub enum RequestError {
     },
     /// A receive buffer cannot hold the header and the frame waiting for it.
     ReceiveBufferTooSmall { needed: u64, available: u64 },
+    /// A chain in a transmitq has device-writable buffers (`len` bytes of them); the
+    /// specification allows only device-readable buffers there.
+    WritableInTransmitChain { len: u64 },
+    /// A chain in a receiveq has device-readable buffers (`len` bytes of them); the
+    /// specification allows only device-writable buffers there.
+    ReadableInReceiveChain { len: u64 },
 }
 
 impl fmt::Display for RequestError {
@@ -147,6 +153,14 @@ impl fmt::Display for RequestError {
             RequestError::ReceiveBufferTooSmall { needed, available } => write!(
                 f,
                 "receive buffer of {available} bytes cannot hold the {needed} bytes of header and frame"
+            ),
+            RequestError::WritableInTransmitChain { len } => write!(
+                f,
+                "transmit chain has device-writable buffers ({len} bytes); a transmitq takes only device-readable ones"
+            ),
+            RequestError::ReadableInReceiveChain { len } => write!(
+                f,
+                "receive chain has device-readable buffers ({len} bytes); a receiveq takes only device-writable ones"
             ),
         }
     }

@@ -10,6 +10,8 @@
 //! - [`mmio`]: the virtio-mmio version 2 register file, feature negotiation, device status.
 //! - [`queue`]: split virtqueues; everything read from guest memory is checked before use.
 //! - [`blk`]: a virtio block device over a [`BlockBackend`].
+//! - [`console`]: a one-port virtio console exchanging bytes with the hypervisor through
+//!   bounded input and output queues.
 //! - [`net`]: a virtio network card exchanging Ethernet frames with the hypervisor through
 //!   bounded inbox and outbox queues.
 //! - [`rng`]: a virtio entropy device over an [`EntropySource`].
@@ -21,6 +23,7 @@
 extern crate alloc;
 
 pub mod blk;
+pub mod console;
 mod error;
 pub mod mmio;
 pub mod net;
@@ -31,6 +34,7 @@ pub mod rng;
 mod testing;
 
 pub use blk::{BackendError, BlockBackend, BlockOptions, VirtioBlock};
+pub use console::{ConsoleCounters, VirtioConsole};
 pub use error::{DeviceError, RequestError};
 pub use mmio::{AccessError, Device, MmioTransport};
 pub use net::{Frame, NetCounters, VirtioNet};
