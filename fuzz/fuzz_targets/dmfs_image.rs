@@ -113,6 +113,7 @@ fn check(data: &[u8]) {
                 vcpus: capsule.vcpus,
                 autostart: capsule.autostart,
                 boot: capsule.boot,
+                mac: capsule.mac,
                 may_manage: capsule.may_manage,
                 restart: capsule.restart,
                 kernel_format: capsule.kernel_format,

@@ -4,7 +4,8 @@ use core::fmt;
 
 use crate::disk::Disks;
 use crate::error::CapsuleProblem;
-use crate::layout::{restart, MAX_CMDLINE_LEN, MAX_NAME_LEN, MAX_VCPUS, MEMORY_GRANULE};
+use crate::layout::{restart, MAC_LEN, MAX_CMDLINE_LEN, MAX_NAME_LEN, MAX_VCPUS, MEMORY_GRANULE};
+use crate::mac::MacAddress;
 
 /// What the hypervisor does when a capsule's guest stops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -100,6 +101,10 @@ pub struct Capsule<'a> {
     pub restart: RestartPolicy,
     /// How to load [`Capsule::kernel`].
     pub kernel_format: KernelFormat,
+    /// MAC address of the capsule's network card, or `None` when it has no network card (always
+    /// so in images older than format version 3). A unicast address, unique within the image;
+    /// [`crate::MacAddress`] shows it the usual way.
+    pub mac: Option<[u8; MAC_LEN]>,
     /// The capsule's disks (at most 4), in table order: validated extents of the machine's disk that
     /// overlap no other disk of the image. Copy it to iterate.
     pub disks: Disks<'a>,
@@ -126,6 +131,7 @@ impl fmt::Debug for Capsule<'_> {
             .field("may_manage", &self.may_manage)
             .field("restart", &self.restart)
             .field("kernel_format", &self.kernel_format)
+            .field("mac", &self.mac.map(MacAddress))
             .field("disks", &self.disks)
             .finish()
     }

@@ -5,10 +5,11 @@ use core::fmt;
 use crate::capsule::CapsuleName;
 use crate::disk::DiskName;
 use crate::layout::{
-    DISK_ALIGNMENT, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_CAPSULES, MAX_CMDLINE_LEN, MAX_DISKS,
-    MAX_DISK_NAME_LEN, MAX_NAME_LEN, MAX_VCPUS, OLDEST_FORMAT_VERSION, PAYLOAD_ALIGNMENT,
-    RECORD_SIZE, SECTOR_SIZE, TABLE_ALIGNMENT,
+    DISK_ALIGNMENT, FORMAT_VERSION, HEADER_SIZE, MAC_LEN, MAGIC, MAX_CAPSULES, MAX_CMDLINE_LEN,
+    MAX_DISKS, MAX_DISK_NAME_LEN, MAX_NAME_LEN, MAX_VCPUS, OLDEST_FORMAT_VERSION,
+    PAYLOAD_ALIGNMENT, RECORD_SIZE, SECTOR_SIZE, TABLE_ALIGNMENT,
 };
+use crate::mac::MacAddress;
 
 /// A variable-length field of a capsule record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +177,15 @@ pub enum CapsuleProblem {
         /// The number of disks.
         count: usize,
     },
+    /// The MAC address is a multicast address (or the broadcast address), which no single network
+    /// card may own.
+    MulticastMac {
+        /// The address.
+        mac: [u8; MAC_LEN],
+    },
+    /// A MAC address of all zeros is given (writer only: in an image, all zeros means "no network
+    /// card").
+    ZeroMac,
 }
 
 impl fmt::Display for CapsuleProblem {
@@ -213,6 +223,14 @@ impl fmt::Display for CapsuleProblem {
             CapsuleProblem::TooManyDisks { count } => {
                 write!(f, "has {count} disks, more than the limit of {MAX_DISKS}")
             }
+            CapsuleProblem::MulticastMac { mac } => {
+                let mac = MacAddress(mac);
+                let kind = if mac.is_broadcast() { "the broadcast" } else { "a multicast" };
+                write!(f, "mac {mac} is {kind} address; a network card needs a unicast one")
+            }
+            CapsuleProblem::ZeroMac => f.write_str(
+                "mac 00:00:00:00:00:00 is not a usable address (leave mac out for a capsule without a network card)",
+            ),
         }
     }
 }
@@ -465,6 +483,18 @@ pub enum FormatError {
         /// Index of the second disk with it.
         second: u8,
     },
+    /// Two capsules have the same MAC address: their network cards could not be told apart.
+    ///
+    /// The capsules are named by index, as in [`FormatError::DuplicateName`]: two inline names
+    /// would double the size of every `FormatError`.
+    DuplicateMac {
+        /// The shared address.
+        mac: [u8; MAC_LEN],
+        /// Index of the first capsule with it.
+        first: u32,
+        /// Index of the second capsule with it.
+        second: u32,
+    },
     /// Two disks, of one capsule or of two, share bytes of the machine's disk.
     DisksOverlap {
         /// The disk that comes first in the image.
@@ -568,6 +598,9 @@ impl fmt::Display for FormatError {
                 "DMFS capsule #{capsule}: disks #{first} and #{second} are both named {:?}",
                 name.as_str()
             ),
+            FormatError::DuplicateMac { mac, first, second } => {
+                write!(f, "DMFS capsules #{first} and #{second} both have mac {}", MacAddress(mac))
+            }
             FormatError::DisksOverlap { first, second, start, end } => {
                 write!(f, "DMFS {second} overlaps {first} (bytes {start:#x}..{end:#x})")
             }

@@ -1,17 +1,19 @@
-//! Byte offsets, sizes and limits of format version 2, shared by the parser, the writer and tests.
+//! Byte offsets, sizes and limits of format version 3, shared by the parser, the writer and tests.
 //!
 //! All multi-byte integers are little endian. `FORMAT.md` describes the same layout in prose.
 
 /// The eight bytes every image starts with.
 pub const MAGIC: [u8; 8] = *b"KEELDMFS";
 /// The format version this crate writes, and the newest it reads.
-pub const FORMAT_VERSION: u16 = 2;
-/// The oldest format version this crate reads. Version 1 has no disks; everything else in it is laid
-/// out exactly as in version 2, so a version 1 image reads as one whose capsules have no disks.
+pub const FORMAT_VERSION: u16 = 3;
+/// The oldest format version this crate reads. Versions 1 and 2 lay out everything they define
+/// exactly as version 3 does and keep the newer fields' bytes reserved (zero): a version 1 image
+/// reads as one whose capsules have no disks and no network card, a version 2 image as one whose
+/// capsules have no network card.
 pub const OLDEST_FORMAT_VERSION: u16 = 1;
-/// Size of the header in bytes (the same in versions 1 and 2).
+/// Size of the header in bytes (the same in every version).
 pub const HEADER_SIZE: usize = 128;
-/// Size of one capsule record in bytes (the same in versions 1 and 2).
+/// Size of one capsule record in bytes (the same in every version).
 pub const RECORD_SIZE: usize = 96;
 /// Size of one entry of a capsule's disk table in bytes.
 pub const DISK_ENTRY_SIZE: usize = 48;
@@ -46,6 +48,8 @@ pub const SIGNATURE_ED25519: u32 = 1;
 pub const KEY_LEN: usize = 32;
 /// Length of the key id stored in a signed image's header: the first bytes of the public key.
 pub const KEY_ID_LEN: usize = 8;
+/// Length of a capsule's MAC address (an IEEE 802 EUI-48).
+pub const MAC_LEN: usize = 6;
 
 /// Header field offsets.
 pub mod header {
@@ -96,15 +100,19 @@ pub mod record {
     pub const FLAGS: usize = 0x4c;
     /// `u8`: restart policy (0 never, 1 on failure, 2 always).
     pub const RESTART: usize = 0x50;
-    /// `u8`: number of entries in the capsule's disk table (version 2; reserved in version 1).
+    /// `u8`: number of entries in the capsule's disk table (versions 2 and 3; reserved in version 1).
     pub const DISK_COUNT: usize = 0x51;
-    /// 6 reserved bytes, zero.
-    pub const RESERVED: usize = 0x52;
-    /// `u64`: offset of the capsule's disk table, zero when it has no disks (version 2; reserved in
-    /// version 1).
+    /// `[u8; 6]`: MAC address of the capsule's network card, all zero when it has none (version 3;
+    /// reserved in versions 1 and 2).
+    pub const MAC: usize = 0x52;
+    /// `u64`: offset of the capsule's disk table, zero when it has no disks (versions 2 and 3;
+    /// reserved in version 1).
     pub const DISK_TABLE: usize = 0x58;
     /// Bytes from [`DISK_COUNT`] to the end of the record: all reserved, so all zero, in version 1.
     pub const VERSION_1_RESERVED: usize = DISK_COUNT;
+    /// Start of the 6 bytes before [`DISK_TABLE`] that version 2 reserves (zero) and version 3
+    /// holds the [`MAC`] in.
+    pub const VERSION_2_RESERVED: usize = MAC;
 }
 
 /// Disk table entry field offsets, relative to the start of the entry.
@@ -128,7 +136,7 @@ pub mod disk {
     pub mod flags {
         /// The guest may read the disk but not write it.
         pub const READ_ONLY: u32 = 1 << 0;
-        /// Every bit version 2 defines; the others must be zero.
+        /// Every bit versions 2 and 3 define; the others must be zero.
         pub const ALL: u32 = READ_ONLY;
     }
 }
@@ -143,7 +151,7 @@ pub mod flags {
     pub const MAY_MANAGE: u32 = 1 << 2;
     /// The kernel is a flat binary rather than a Linux `Image`.
     pub const FLAT_KERNEL: u32 = 1 << 3;
-    /// Every bit versions 1 and 2 define; the others must be zero.
+    /// Every bit versions 1 to 3 define; the others must be zero.
     pub const ALL: u32 = AUTOSTART | BOOT | MAY_MANAGE | FLAT_KERNEL;
 }
 

@@ -3,7 +3,8 @@
 //!
 //! A capsule may also have up to four disks ([`Disk`]): extents of the machine's own disk that the
 //! guest sees as virtio-blk devices. No two disks of an image overlap; the writer and the parser both
-//! refuse images where they would.
+//! refuse images where they would. It may also have a network card, known by its MAC address
+//! ([`Capsule::mac`]): a unicast address that no other capsule of the image shares.
 //!
 //! The hypervisor embeds one image and reads it in place, so the parser ([`Image::parse`]) is
 //! zero-copy and checks every offset, length and field before handing out a [`Capsule`]; after a
@@ -25,6 +26,7 @@ mod crc;
 mod disk;
 mod error;
 pub mod layout;
+mod mac;
 mod parse;
 mod signature;
 #[cfg(feature = "alloc")]
@@ -34,6 +36,7 @@ pub use capsule::{Capsule, CapsuleName, InlineName, KernelFormat, RestartPolicy}
 pub use crc::{checksum, Crc32};
 pub use disk::{check_disk_extent, check_disk_name, Disk, DiskName, Disks};
 pub use error::{CapsuleProblem, DiskLocation, DiskProblem, Field, FieldProblem, FormatError};
+pub use mac::{check_mac, MacAddress};
 pub use parse::{Capsules, Image};
 #[cfg(feature = "ed25519")]
 pub use signature::{public_key, sign, verify, SignatureError};

@@ -10,10 +10,11 @@ use crate::crc::checksum;
 use crate::disk::{self, DiskName, Disks};
 use crate::error::{CapsuleProblem, DiskLocation, Field, FieldProblem, FormatError};
 use crate::layout::{
-    flags, header, record, DISK_ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, KEY_ID_LEN, MAGIC,
-    MAX_CAPSULES, MAX_DISKS, OLDEST_FORMAT_VERSION, PAYLOAD_ALIGNMENT, RECORD_SIZE,
+    flags, header, record, DISK_ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, KEY_ID_LEN, MAC_LEN,
+    MAGIC, MAX_CAPSULES, MAX_DISKS, OLDEST_FORMAT_VERSION, PAYLOAD_ALIGNMENT, RECORD_SIZE,
     SIGNATURE_ED25519, SIGNATURE_NONE, TABLE_ALIGNMENT,
 };
+use crate::mac;
 use crate::signature::{KeyId, SignatureScheme, SignedMessage};
 
 /// Reads `W` bytes at a fixed, in-bounds offset of a fixed-size array.
@@ -190,7 +191,8 @@ impl<'a> Image<'a> {
         Ok(image)
     }
 
-    /// Checks every record, name uniqueness, the single boot capsule and that no disks overlap.
+    /// Checks every record, name uniqueness, the single boot capsule, that no disks overlap and
+    /// that no two capsules share a MAC address.
     fn check_capsules(&self) -> Result<(), FormatError> {
         let mut boot: Option<u32> = None;
         for index in 0..self.count {
@@ -215,6 +217,17 @@ impl<'a> Image<'a> {
                     });
                 }
                 boot = Some(index);
+            }
+            if let Some(address) = capsule.mac {
+                // Like names: earlier records are validated, so their raw bytes are their MACs.
+                if let Some(earlier) = (0..index).find(|&earlier| self.raw_mac(earlier) == address)
+                {
+                    return Err(FormatError::DuplicateMac {
+                        mac: address,
+                        first: earlier,
+                        second: index,
+                    });
+                }
             }
         }
         Ok(())
@@ -361,6 +374,15 @@ impl<'a> Image<'a> {
         self.bytes.get(offset..offset.checked_add(length)?)
     }
 
+    /// The MAC bytes of a record: all zero when it has no network card or the image predates
+    /// format version 3 (where those bytes are reserved, whatever they hold).
+    fn raw_mac(&self, index: u32) -> [u8; MAC_LEN] {
+        match self.record(index) {
+            Some(record) if self.version >= 3 => bytes_at(record, record::MAC),
+            _ => [0; MAC_LEN],
+        }
+    }
+
     /// The disk table bytes of an already validated record (empty when it has no disks).
     fn raw_disk_table(&self, index: u32) -> &'a [u8] {
         let Some(record) = self.record(index) else {
@@ -466,11 +488,12 @@ impl<'a> Image<'a> {
                 value: restart_byte,
             },
         ))?;
-        // Version 1 gave no meaning to the disk fields, so there they are reserved like the rest.
-        let reserved = if self.version < 2 {
-            record::VERSION_1_RESERVED..RECORD_SIZE
-        } else {
-            record::RESERVED..record::DISK_TABLE
+        // Older versions gave no meaning to the newer fields, so there those bytes are reserved:
+        // the disk fields and the MAC in version 1, the MAC in version 2. Version 3 has none left.
+        let reserved = match self.version {
+            ..=1 => record::VERSION_1_RESERVED..RECORD_SIZE,
+            2 => record::VERSION_2_RESERVED..record::DISK_TABLE,
+            _ => RECORD_SIZE..RECORD_SIZE,
         };
         let reserved_bytes = record.get(reserved.clone()).unwrap_or_default();
         if let Some(position) = reserved_bytes.iter().position(|&byte| byte != 0) {
@@ -493,6 +516,7 @@ impl<'a> Image<'a> {
         let initrd = (!initrd.is_empty()).then_some(initrd);
         let cmdline = check_cmdline(self.locate(index, Field::Cmdline, record, record::CMDLINE)?)
             .map_err(fail)?;
+        let mac = mac::decode(self.raw_mac(index)).map_err(fail)?;
         let disks = self.decode_disks(index, record)?;
 
         Ok(Capsule {
@@ -511,6 +535,7 @@ impl<'a> Image<'a> {
             } else {
                 KernelFormat::LinuxImage
             },
+            mac,
             disks,
         })
     }

@@ -11,9 +11,10 @@ use crate::crc::checksum;
 use crate::disk::{check_disk_extent, check_disk_name, overlap, Disk};
 use crate::error::{CapsuleProblem, DiskProblem};
 use crate::layout::{
-    disk, flags, header, record, DISK_ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_CAPSULES,
-    MAX_DISKS, PAYLOAD_ALIGNMENT, RECORD_SIZE, SIGNATURE_NONE, TABLE_ALIGNMENT,
+    disk, flags, header, record, DISK_ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, MAC_LEN, MAGIC,
+    MAX_CAPSULES, MAX_DISKS, PAYLOAD_ALIGNMENT, RECORD_SIZE, SIGNATURE_NONE, TABLE_ALIGNMENT,
 };
+use crate::mac::{check_mac, MacAddress};
 
 /// One disk to write: an extent of the machine's disk, in 512-byte sectors.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +76,9 @@ pub struct CapsuleSpec {
     pub restart: RestartPolicy,
     /// How the kernel is loaded.
     pub kernel_format: KernelFormat,
+    /// MAC address of the capsule's network card, `None` for no network card. A unicast address
+    /// (not all zero), unique within the image.
+    pub mac: Option<[u8; MAC_LEN]>,
     /// Disks, at most 4, with names unique within the capsule; no disk of the image may overlap another.
     pub disks: Vec<DiskSpec>,
 }
@@ -94,6 +98,7 @@ impl Default for CapsuleSpec {
             may_manage: false,
             restart: RestartPolicy::Never,
             kernel_format: KernelFormat::LinuxImage,
+            mac: None,
             disks: Vec::new(),
         }
     }
@@ -115,6 +120,9 @@ impl CapsuleSpec {
             return Err(CapsuleProblem::TooManyDisks {
                 count: self.disks.len(),
             });
+        }
+        if let Some(mac) = self.mac {
+            check_mac(mac)?;
         }
         Ok(())
     }
@@ -196,6 +204,15 @@ pub enum BuildError {
         /// The shared disk name.
         disk: String,
     },
+    /// A capsule has the MAC address of a capsule added before it.
+    DuplicateMac {
+        /// The shared address.
+        mac: [u8; MAC_LEN],
+        /// The capsule added first.
+        first: String,
+        /// The one added later.
+        second: String,
+    },
     /// Two disks (of one capsule or of two) share bytes of the machine's disk.
     DisksOverlap {
         /// Capsule of the disk added first.
@@ -233,6 +250,11 @@ impl fmt::Display for BuildError {
                 disk,
                 problem,
             } => write!(f, "capsule {capsule:?} disk {disk:?}: {problem}"),
+            BuildError::DuplicateMac { mac, first, second } => write!(
+                f,
+                "capsules {first:?} and {second:?} both have mac {}",
+                MacAddress(*mac)
+            ),
             BuildError::DuplicateDiskName { capsule, disk } => {
                 write!(f, "capsule {capsule:?} has two disks named {disk:?}")
             }
@@ -353,6 +375,19 @@ impl ImageBuilder {
             return Err(BuildError::DuplicateName { name: spec.name });
         }
         self.check_disk_overlaps(&spec)?;
+        if let Some(mac) = spec.mac {
+            if let Some(first) = self
+                .capsules
+                .iter()
+                .find(|existing| existing.mac == Some(mac))
+            {
+                return Err(BuildError::DuplicateMac {
+                    mac,
+                    first: first.name.clone(),
+                    second: spec.name,
+                });
+            }
+        }
         if spec.boot {
             if let Some(first) = self.capsules.iter().find(|existing| existing.boot) {
                 return Err(BuildError::MultipleBootCapsules {
@@ -510,6 +545,12 @@ impl ImageBuilder {
                 &mut image,
                 base + record::DISK_COUNT,
                 &[spec.disks.len() as u8],
+            )?;
+            // No network card is encoded as all zeros, which `check` keeps a real MAC from being.
+            put(
+                &mut image,
+                base + record::MAC,
+                &spec.mac.unwrap_or_default(),
             )?;
             put(
                 &mut image,

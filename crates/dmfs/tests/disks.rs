@@ -111,7 +111,7 @@ fn location(capsule: u32, disk: u8, name: &str) -> DiskLocation {
 fn round_trip_keeps_every_disk() {
     let bytes = valid_image();
     let image = Image::parse(&bytes).expect("written image parses");
-    assert_eq!(image.version(), 2);
+    assert_eq!(image.version(), 3);
 
     let alpha = image.capsule("alpha").unwrap();
     assert_eq!(alpha.disk_count(), 2);
@@ -731,16 +731,18 @@ fn parser_refuses_bad_disk_tables() {
         }),
         table_error(1, FieldProblem::OffsetWithoutLength { offset: table })
     );
-    // The reserved bytes between the count and the table offset.
+    // In version 2 the bytes between the count and the table offset (version 3's MAC) are
+    // reserved.
     assert_eq!(
         corrupt(|i| {
-            let o = record_base(i, 1) + record::RESERVED;
+            i[header::VERSION] = 2;
+            let o = record_base(i, 1) + record::VERSION_2_RESERVED;
             i[o] = 1
         }),
         Err(FormatError::Capsule {
             capsule: 1,
             problem: CapsuleProblem::ReservedNotZero {
-                offset: record::RESERVED
+                offset: record::VERSION_2_RESERVED
             }
         })
     );

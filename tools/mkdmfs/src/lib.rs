@@ -15,6 +15,7 @@
 //! boot = true                          # exactly one capsule is the boot capsule
 //! manage = true                        # may use the management interface, default false
 //! restart = "never"                    # never | on-failure | always, default never
+//! mac = "02:00:00:00:00:01"            # optional: the capsule's network card; none without it
 //!
 //! [[capsule.disk]]                     # 0 to 4 per capsule, each after its [[capsule]]
 //! name = "data"                        # required: 1..=20 bytes of the capsule name characters,
@@ -31,6 +32,12 @@
 //! capsules they belong to and whether or not they are read-only; touching (one ending where the
 //! next starts) is fine. Whether the extents fit on the machine's disk is only known when Keel runs.
 //!
+//! `mac` gives the capsule a network card with that MAC address: six two-digit hex groups separated
+//! by `:`, in either case. It must be a unicast address (the lowest bit of the first byte clear),
+//! not all zero, and no other capsule of the manifest may have it. Locally administered addresses,
+//! first byte `02`, are the safe choice: no hardware vendor hands them out, so they cannot clash
+//! with a real card on the same network.
+//!
 //! An image can be signed with an Ed25519 key pair ([`Built::sign`], `mkdmfs --sign-key FILE`):
 //! key files hold the 32 raw bytes of a secret seed or of a public key ([`read_key_file`]).
 
@@ -41,10 +48,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use keel_dmfs::layout::{DISK_ALIGNMENT, MAX_DISKS, SECTOR_SIZE};
+use keel_dmfs::layout::{DISK_ALIGNMENT, MAC_LEN, MAX_DISKS, SECTOR_SIZE};
 use keel_dmfs::{
     BuildError, CapsuleProblem, CapsuleSpec, DiskProblem, DiskSpec, FormatError, ImageBuilder,
-    KernelFormat, KeyId, RestartPolicy,
+    KernelFormat, KeyId, MacAddress, RestartPolicy,
 };
 use keel_linux_boot::{ImageError, KernelKind, PlacementError};
 use serde::Deserialize;
@@ -105,6 +112,8 @@ pub struct CapsuleEntry {
     pub manage: Option<bool>,
     /// `"never"`, `"on-failure"` or `"always"`.
     pub restart: Option<String>,
+    /// MAC address of the capsule's network card, such as `"02:00:00:00:00:01"`.
+    pub mac: Option<String>,
     /// The `[[capsule.disk]]` entries, in file order.
     #[serde(default, rename = "disk")]
     pub disks: Vec<DiskEntry>,
@@ -213,7 +222,28 @@ pub enum CapsuleError {
         /// What does not fit.
         error: PlacementError,
     },
-    /// A rule of the image format (name characters, command line, ...) is broken.
+    /// The MAC address is not six `:`-separated groups.
+    #[error(
+        "mac {value:?} has {groups} group{}; expected six two-digit hex groups separated by ':', such as \"02:00:00:00:00:01\"",
+        if *groups == 1 { "" } else { "s" }
+    )]
+    MacNotSixGroups {
+        /// The value as written.
+        value: String,
+        /// How many `:`-separated groups it has.
+        groups: usize,
+    },
+    /// A group of the MAC address is not two hex digits.
+    #[error("mac {value:?}: group {position} ({group:?}) is not two hex digits")]
+    MacBadGroup {
+        /// The value as written.
+        value: String,
+        /// Position (1-based) of the group.
+        position: usize,
+        /// The group as written.
+        group: String,
+    },
+    /// A rule of the image format (name characters, command line, MAC address, ...) is broken.
     #[error("{0}")]
     Format(CapsuleProblem),
     /// More `[[capsule.disk]]` entries than a capsule may have.
@@ -310,6 +340,16 @@ pub enum ManifestError {
         /// The first boot entry.
         first: String,
         /// The second boot entry.
+        second: String,
+    },
+    /// Two entries have the same MAC address.
+    #[error("capsule {second} has the same mac {} as capsule {first}", MacAddress(*mac))]
+    DuplicateMac {
+        /// The shared address.
+        mac: [u8; MAC_LEN],
+        /// The entry written first in the manifest.
+        first: String,
+        /// The entry written later.
         second: String,
     },
     /// One disk entry is wrong.
@@ -437,6 +477,8 @@ pub struct CapsuleSummary {
     pub manage: bool,
     /// Restart policy.
     pub restart: RestartPolicy,
+    /// MAC address of the network card, if the capsule has one.
+    pub mac: Option<[u8; MAC_LEN]>,
     /// Disks, in manifest order.
     pub disks: Vec<DiskSpec>,
 }
@@ -480,6 +522,9 @@ impl fmt::Display for CapsuleSummary {
             }
         }
         write!(f, ", restart {}", self.restart)?;
+        if let Some(mac) = self.mac {
+            write!(f, ", mac {}", MacAddress(mac))?;
+        }
         for disk in &self.disks {
             write!(
                 f,
@@ -551,6 +596,39 @@ pub fn parse_size(text: &str) -> Result<u64, &'static str> {
     number.checked_mul(multiplier).ok_or("size is too large")
 }
 
+/// Parses a MAC address written as six two-digit hex groups separated by `:`, in either case
+/// (`02:00:00:00:00:01`, `02:AB:cd:00:00:01`), and checks that a network card can use it: not
+/// all zero and not multicast ([`keel_dmfs::check_mac`]).
+pub fn parse_mac(text: &str) -> Result<[u8; MAC_LEN], CapsuleError> {
+    let groups = text.split(':').count();
+    if groups != MAC_LEN {
+        return Err(CapsuleError::MacNotSixGroups {
+            value: text.to_owned(),
+            groups,
+        });
+    }
+    let mut mac = [0u8; MAC_LEN];
+    for (index, (byte, group)) in mac.iter_mut().zip(text.split(':')).enumerate() {
+        // Checked digit by digit: `from_str_radix` alone would also take "+f" or a lone digit.
+        let bad = || CapsuleError::MacBadGroup {
+            value: text.to_owned(),
+            position: index + 1,
+            group: group.to_owned(),
+        };
+        let &[high, low] = group.as_bytes() else {
+            return Err(bad());
+        };
+        let digit = |character: u8| char::from(character).to_digit(16);
+        let (Some(high), Some(low)) = (digit(high), digit(low)) else {
+            return Err(bad());
+        };
+        // Two hex digits are at most 0xff.
+        *byte = (high * 16 + low) as u8;
+    }
+    keel_dmfs::check_mac(mac).map_err(CapsuleError::Format)?;
+    Ok(mac)
+}
+
 /// Replaces each `${NAME}` in `value` with its definition.
 fn expand(key: &'static str, value: &str, defines: &Defines) -> Result<String, CapsuleError> {
     let mut output = String::with_capacity(value.len());
@@ -592,6 +670,7 @@ struct Resolved {
     boot: bool,
     manage: bool,
     restart: RestartPolicy,
+    mac: Option<[u8; MAC_LEN]>,
 }
 
 /// Reads a size value: an integer byte count or a string such as `"64M"`.
@@ -768,6 +847,7 @@ fn resolve(entry: &CapsuleEntry, base: &Path, defines: &Defines) -> Result<Resol
         Some("always") => RestartPolicy::Always,
         Some(other) => return Err(CapsuleError::BadRestart(other.to_owned())),
     };
+    let mac = entry.mac.as_deref().map(parse_mac).transpose()?;
     Ok(Resolved {
         disks: Vec::new(),
         name,
@@ -781,6 +861,7 @@ fn resolve(entry: &CapsuleEntry, base: &Path, defines: &Defines) -> Result<Resol
         boot: entry.boot.unwrap_or(false),
         manage: entry.manage.unwrap_or(false),
         restart,
+        mac,
     })
 }
 
@@ -854,6 +935,7 @@ fn load(capsule: Resolved) -> Result<(CapsuleSpec, CapsuleSummary), CapsuleError
         autostart: capsule.autostart,
         manage: capsule.manage,
         restart: capsule.restart,
+        mac: capsule.mac,
         disks: capsule.disks.clone(),
     };
     let spec = CapsuleSpec {
@@ -868,6 +950,7 @@ fn load(capsule: Resolved) -> Result<(CapsuleSpec, CapsuleSummary), CapsuleError
         may_manage: capsule.manage,
         restart: capsule.restart,
         kernel_format: capsule.kernel_format,
+        mac: capsule.mac,
         disks: capsule.disks,
     };
     Ok((spec, summary))
@@ -882,8 +965,8 @@ fn label(entry: &CapsuleEntry, index: usize) -> String {
 }
 
 /// Checks everything about a parsed manifest that does not need its files: each entry's keys and
-/// values, `${NAME}` expansion, unique names, exactly one boot capsule, and disks that are valid
-/// and share no byte. Reads nothing.
+/// values, `${NAME}` expansion, unique names, unique MAC addresses, exactly one boot capsule, and
+/// disks that are valid and share no byte. Reads nothing.
 pub fn check_manifest(
     manifest: &Manifest,
     base: &Path,
@@ -921,6 +1004,18 @@ fn resolve_all(
                 first: first + 1,
                 second: second + 1,
             });
+        }
+        if let Some(mac) = capsule.mac {
+            if let Some(first) = resolved[..second]
+                .iter()
+                .find(|earlier| earlier.mac == Some(mac))
+            {
+                return Err(ManifestError::DuplicateMac {
+                    mac,
+                    first: format!("{:?}", first.name),
+                    second: format!("{:?}", capsule.name),
+                });
+            }
         }
     }
     check_disk_overlaps(&resolved)?;
@@ -965,6 +1060,11 @@ pub fn build_manifest(
                 capsule: format!("{capsule:?}"),
                 disk: format!("{disk:?}"),
                 problem: DiskError::Format(problem),
+            },
+            BuildError::DuplicateMac { mac, first, second } => ManifestError::DuplicateMac {
+                mac,
+                first: format!("{first:?}"),
+                second: format!("{second:?}"),
             },
             other => ManifestError::Build(other),
         })?;
