@@ -70,16 +70,44 @@ pub struct Devices {
     pub input: VecDeque<u8>,
     /// The occupied virtio-mmio slots.
     pub virtio: Vec<crate::vdev::Slot>,
+    /// Console input goes to the virtio console rather than the UART: the guest last wrote its console output there.
+    pub input_to_virtio: bool,
 }
 
 impl Devices {
     fn new(vcpus: usize, virtio: Vec<crate::vdev::Slot>) -> Self {
-        Devices { uart: Uart16550::new(), plic: Plic::new(PLIC_SOURCES, vcpus), input: VecDeque::new(), virtio }
+        Devices {
+            uart: Uart16550::new(),
+            plic: Plic::new(PLIC_SOURCES, vcpus),
+            input: VecDeque::new(),
+            virtio,
+            input_to_virtio: false,
+        }
     }
 
 
-    /// Moves buffered input into the UART and updates its interrupt line.
-    pub fn pump_input(&mut self) {
+    /// Moves buffered input into the console the guest uses (the UART, or the virtio console once the guest writes
+    /// there) and updates the interrupt lines.
+    pub fn pump_input(&mut self, memory: &GuestMemory) {
+        if self.input_to_virtio {
+            if let Some(slot) = self.virtio.iter_mut().find(|slot| slot.console_driver_present()) {
+                loop {
+                    let (front, _) = self.input.as_slices();
+                    let waiting = front.len();
+                    if waiting == 0 {
+                        break;
+                    }
+                    // A bad receive chain is the guest's own loss; the device already completed it empty.
+                    let (accepted, _) = slot.console_input(front, memory);
+                    self.input.drain(..accepted);
+                    if accepted < waiting {
+                        break;
+                    }
+                }
+                self.sync_irqs();
+                return;
+            }
+        }
         while let Some(&byte) = self.input.front() {
             if !self.uart.receive(byte) {
                 break;
@@ -183,6 +211,8 @@ pub struct Definition {
     pub restart: keel_dmfs::RestartPolicy,
     /// Its disks: extents of the machine's disk.
     pub disks: keel_dmfs::Disks<'static>,
+    /// The MAC address of its network card; no card without one.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// A running (or stopped) virtual machine.
@@ -320,7 +350,7 @@ impl Capsule {
             })
             .collect();
         check_disks_unshared(definition.name, &disks).map_err(CreateError::Devices)?;
-        let virtio = crate::vdev::build(&disks).map_err(CreateError::Devices)?;
+        let virtio = crate::vdev::build(&disks, definition.mac).map_err(CreateError::Devices)?;
         let id = NEXT_ID.fetch_add(1, Ordering::AcqRel);
         let memory = GuestMemory::allocate(RAM_BASE, definition.memory, id).ok_or(CreateError::OutOfMemory("RAM"))?;
         log::info!("capsule '{}' RAM at host {}", definition.name, memory.host_ranges());
@@ -356,7 +386,11 @@ impl Capsule {
         };
         capsule.load(platform)?;
         log::info!("capsule {} '{}': G-stage tables use {} KiB", capsule.id, capsule.name, capsule.overhead_bytes() >> 10);
-        Ok(Arc::new(capsule))
+        let capsule = Arc::new(capsule);
+        for port in capsule.devices.lock().virtio.iter().filter_map(crate::vdev::Slot::net_port) {
+            crate::vnet::bind(port, &capsule);
+        }
+        Ok(capsule)
     }
 
     /// Loads kernel, initrd and device tree into RAM and makes vCPU 0 ready to start.
@@ -459,8 +493,32 @@ impl Capsule {
                 devices.input.push_back(byte);
             }
         }
-        devices.pump_input();
+        devices.pump_input(&self.memory);
         self.sync_interrupts(&devices, None);
+    }
+
+    /// Hands frames from the switch to the capsule's network card.
+    pub fn receive_frames<'f>(&self, frames: impl Iterator<Item = &'f keel_virtio::Frame>) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let mut devices = self.devices.lock();
+        let Some(slot) = devices.virtio.iter_mut().find(|slot| slot.net_port().is_some()) else { return };
+        let (_dropped, error) = slot.receive(frames, &self.memory);
+        if let Some(error) = error {
+            if self.log_limit.allow(&self.name) {
+                log::warn!("capsule '{}' {}: {error}", self.name, slot.label);
+            }
+        }
+        devices.sync_irqs();
+        self.sync_interrupts(&devices, None);
+    }
+
+    /// Takes the capsule's network card off the switch (it stops for good); frames for it are dropped from now on.
+    pub fn disconnect_network(&self) {
+        for port in self.devices.lock().virtio.iter().filter_map(crate::vdev::Slot::net_port) {
+            crate::vnet::detach(port);
+        }
     }
 
     /// Recomputes every vCPU's external-interrupt level from the virtual PLIC and tells the vCPUs whose level

@@ -27,6 +27,7 @@ mod storage;
 mod vcpu;
 mod vdev;
 mod verify;
+mod vnet;
 
 use alloc::{format, string::String, sync::Arc, vec::Vec};
 use core::sync::atomic::{AtomicU16, Ordering};
@@ -174,6 +175,13 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
     }
 
     hostdev::init(&platform.host.virtio_mmio);
+    if let Some(irq) = hostdev::nic_irq() {
+        if hostirq::ready() {
+            hostirq::enable(irq);
+        } else {
+            log::warn!("no PLIC route for the host NIC's interrupt: capsules receive nothing from outside");
+        }
+    }
     start_capsules();
     run::init_hart();
     sched::hart_loop();
@@ -211,6 +219,7 @@ fn start_capsule(entry: &keel_dmfs::Capsule<'static>) -> Result<Arc<Capsule>, St
         may_manage: entry.may_manage,
         restart: entry.restart,
         disks: entry.disks,
+        mac: entry.mac,
     };
     // VMIDs wrap after 2^14 - 1 capsules; a reused VMID is safe because every hart flushes the G-stage TLB
     // whenever it switches vCPUs.

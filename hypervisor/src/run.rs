@@ -263,33 +263,43 @@ fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -
     Next::Resume
 }
 
-/// Drains the host UART into the focused capsule, acting on the focus escape sequence on the way.
+/// Serves the machine's interrupts routed to this hart: the NIC's frames go into the capsules' switch, the UART's
+/// input to the focused capsule.
 pub fn service_host_external() {
     loop {
         let source = hostirq::claim();
         if source == 0 {
             break;
         }
-        let mut bytes = [0u8; 64];
-        let mut count = 0;
-        while count < bytes.len() {
-            let Some(byte) = console::get_byte() else { break };
-            match capsule::focus_filter(byte) {
-                Some(byte) => {
-                    bytes[count] = byte;
-                    count += 1;
-                }
-                // Part of a focus escape, which may move the focus: what was typed before it belongs to the
-                // capsule that had the focus then, so it is delivered now rather than to the next capsule.
-                None => {
-                    deliver_console_input(&bytes[..count]);
-                    count = 0;
-                }
-            }
+        if Some(source) == crate::hostdev::nic_irq() {
+            crate::vnet::service_uplink();
+        } else {
+            service_console_input();
         }
-        deliver_console_input(&bytes[..count]);
         hostirq::complete(source);
     }
+}
+
+/// Drains the host UART into the focused capsule, acting on the focus escape sequence on the way.
+fn service_console_input() {
+    let mut bytes = [0u8; 64];
+    let mut count = 0;
+    while count < bytes.len() {
+        let Some(byte) = console::get_byte() else { break };
+        match capsule::focus_filter(byte) {
+            Some(byte) => {
+                bytes[count] = byte;
+                count += 1;
+            }
+            // Part of a focus escape, which may move the focus: what was typed before it belongs to the
+            // capsule that had the focus then, so it is delivered now rather than to the next capsule.
+            None => {
+                deliver_console_input(&bytes[..count]);
+                count = 0;
+            }
+        }
+    }
+    deliver_console_input(&bytes[..count]);
 }
 
 /// Hands host console input to the capsule that has the focus.
@@ -423,7 +433,7 @@ fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
     let mut devices = capsule.devices.lock();
     let value = if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
         let value = devices.uart.read(offset);
-        devices.pump_input();
+        devices.pump_input(&capsule.memory);
         value as u64
     } else if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
         devices.plic.read(offset, width).map_err(|_| ())? as u64
@@ -452,7 +462,14 @@ fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()
     }
     let mut devices = capsule.devices.lock();
     if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
-        devices.uart.write(offset, value as u8, &mut |byte| capsule.console_output(&[byte]));
+        let mut wrote = false;
+        devices.uart.write(offset, value as u8, &mut |byte| {
+            wrote = true;
+            capsule.console_output(&[byte]);
+        });
+        if wrote {
+            devices.input_to_virtio = false;
+        }
         devices.sync_irqs();
     } else if let Some(offset) = in_window(gpa, capsule::PLIC_BASE, capsule::PLIC_SIZE, width) {
         devices.plic.write(offset, width, value as u32).map_err(|_| ())?;
@@ -467,6 +484,22 @@ fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()
                 return Err(());
             }
         }
+        if slot.is_console() {
+            let (wrote, error) = slot.take_console_output(&capsule.memory, &mut |bytes| capsule.console_output(bytes));
+            if let Some(error) = error {
+                guest_warn!(capsule, "capsule '{}' {}: {error}", capsule.name, slot.label);
+            }
+            if wrote {
+                devices.input_to_virtio = true;
+            }
+            // The guest may have posted receive buffers for input that is waiting.
+            devices.pump_input(&capsule.memory);
+        } else if let Some(port) = slot.net_port() {
+            let index = ((gpa - vdev::FIRST_SLOT_BASE) / vdev::SLOT_SIZE) as usize;
+            drop(devices);
+            send_frames(&capsule, index, port);
+            devices = capsule.devices.lock();
+        }
         devices.sync_irqs();
     } else {
         return Err(());
@@ -475,6 +508,26 @@ fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()
     drop(devices);
     apply_external_interrupt(vcpu);
     Ok(())
+}
+
+/// Forwards what the network card in slot `index` transmitted, a batch at a time, with the capsule's device lock
+/// released while the frames travel (the switch may deliver them to any other capsule).
+fn send_frames(capsule: &Arc<Capsule>, index: usize, port: keel_switch::PortId) {
+    loop {
+        let (frames, more) = {
+            let mut devices = capsule.devices.lock();
+            let Some(slot) = devices.virtio.get_mut(index) else { return };
+            let (frames, more, error) = slot.take_transmitted(&capsule.memory);
+            if let Some(error) = error {
+                guest_warn!(capsule, "capsule '{}' {}: {error}", capsule.name, slot.label);
+            }
+            (frames, more)
+        };
+        crate::vnet::forward(port, &frames);
+        if !more {
+            return;
+        }
+    }
 }
 
 /// The SBI environment of the vCPU that made the call.
@@ -727,6 +780,7 @@ pub fn reboot_capsule(capsule: &Arc<Capsule>, caller: usize) {
         devices.uart.reset();
         devices.plic.reset();
         devices.input.clear();
+        devices.input_to_virtio = false;
         for slot in &mut devices.virtio {
             slot.reset();
         }
@@ -747,6 +801,7 @@ pub fn reboot_capsule(capsule: &Arc<Capsule>, caller: usize) {
 /// Stops a capsule for good: its vCPUs stop and, once no hart holds it, its memory is scrubbed and freed.
 pub fn stop_capsule(capsule: &Arc<Capsule>) {
     capsule.stopped.store(true, Ordering::Release);
+    capsule.disconnect_network();
     sched::remove_capsule(capsule);
     for vcpu in &capsule.vcpus {
         vcpu.set_state(RunState::Stopped);

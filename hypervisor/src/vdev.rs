@@ -8,13 +8,15 @@
 use alloc::{format, string::String, vec::Vec};
 
 use keel_devicetree::GuestVirtio;
+use keel_virtio::net::{RECEIVE_QUEUE, TRANSMIT_QUEUE};
 use keel_virtio::{
-    AccessError, BackendError, BlockBackend, BlockOptions, DeviceError, EntropySource, EntropyUnavailable,
-    MemoryError, MmioTransport, VirtioBlock, VirtioRng,
+    console, AccessError, BackendError, BlockBackend, BlockOptions, DeviceError, EntropySource, EntropyUnavailable,
+    Frame, MemoryError, MmioTransport, VirtioBlock, VirtioConsole, VirtioNet, VirtioRng,
 };
 
 use crate::guest_memory::GuestMemory;
 use crate::hostdev;
+use crate::vnet;
 
 /// Guest-physical address of the first slot.
 pub const FIRST_SLOT_BASE: u64 = 0x1000_1000;
@@ -94,6 +96,20 @@ impl BlockBackend for DiskExtent {
 enum Model {
     Entropy(MmioTransport<VirtioRng<HostEntropy>>),
     Disk(MmioTransport<VirtioBlock<DiskExtent>>),
+    Net(MmioTransport<VirtioNet>, vnet::Port),
+    Console(MmioTransport<VirtioConsole>),
+}
+
+/// Calls `$body` with the transport of whichever model `$model` holds.
+macro_rules! with_transport {
+    ($model:expr, $transport:ident => $body:expr) => {
+        match $model {
+            Model::Entropy($transport) => $body,
+            Model::Disk($transport) => $body,
+            Model::Net($transport, _) => $body,
+            Model::Console($transport) => $body,
+        }
+    };
 }
 
 /// One occupied virtio-mmio slot.
@@ -108,10 +124,7 @@ pub struct Slot {
 impl Slot {
     /// Reads a register of the slot.
     pub fn read(&self, offset: u64, width: u8) -> Result<u32, AccessError> {
-        match &self.model {
-            Model::Entropy(transport) => transport.read(offset, width),
-            Model::Disk(transport) => transport.read(offset, width),
-        }
+        with_transport!(&self.model, transport => transport.read(offset, width))
     }
 
     /// Writes a register of the slot; may process queues in `memory`.
@@ -122,26 +135,94 @@ impl Slot {
         value: u32,
         memory: &GuestMemory,
     ) -> Result<Option<DeviceError>, AccessError> {
-        match &mut self.model {
-            Model::Entropy(transport) => transport.write(offset, width, value, memory),
-            Model::Disk(transport) => transport.write(offset, width, value, memory),
-        }
+        with_transport!(&mut self.model, transport => transport.write(offset, width, value, memory))
     }
 
     /// The level of the slot's interrupt line.
     pub fn irq_level(&self) -> bool {
-        match &self.model {
-            Model::Entropy(transport) => transport.irq_level(),
-            Model::Disk(transport) => transport.irq_level(),
-        }
+        with_transport!(&self.model, transport => transport.irq_level())
     }
 
     /// Returns the device to its power-on state (capsule reboot).
     pub fn reset(&mut self) {
-        match &mut self.model {
-            Model::Entropy(transport) => transport.reset(),
-            Model::Disk(transport) => transport.reset(),
+        with_transport!(&mut self.model, transport => transport.reset())
+    }
+
+    /// The switch port of a network card.
+    pub fn net_port(&self) -> Option<keel_switch::PortId> {
+        match &self.model {
+            Model::Net(_, port) => Some(port.id()),
+            _ => None,
         }
+    }
+
+    /// Whether the slot holds the virtio console.
+    pub fn is_console(&self) -> bool {
+        matches!(self.model, Model::Console(_))
+    }
+
+    /// Whether a driver runs the virtio console (false for other slots).
+    pub fn console_driver_present(&self) -> bool {
+        matches!(&self.model, Model::Console(transport) if transport.device().driver_present())
+    }
+
+    /// Passes what the guest wrote to the virtio console to `sink`, letting the device take the rest of the
+    /// transmit queue whenever its outbox filled. Returns whether there was any output.
+    pub fn take_console_output(
+        &mut self,
+        memory: &GuestMemory,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> (bool, Option<DeviceError>) {
+        let Model::Console(transport) = &mut self.model else { return (false, None) };
+        let mut any = false;
+        let mut error = None;
+        // Each round moves at most the outbox's capacity. The rounds are capped so that no guest, whatever it puts
+        // in one chain, holds the hart here for long; what is left waits for its next notification.
+        for _ in 0..console::QUEUE_SIZE {
+            if transport.device().pending_output() > 0 {
+                any = true;
+                transport.device_mut().take_output(sink);
+            }
+            if !transport.device().output_stalled() {
+                break;
+            }
+            error = error.or(transport.process_queue(console::TRANSMIT_QUEUE, memory));
+        }
+        (any, error)
+    }
+
+    /// Gives console input to the virtio console and fills the driver's receive buffers with it. Returns how many
+    /// bytes it accepted.
+    pub fn console_input(&mut self, bytes: &[u8], memory: &GuestMemory) -> (usize, Option<DeviceError>) {
+        let Model::Console(transport) = &mut self.model else { return (0, None) };
+        let accepted = transport.device_mut().queue_input(bytes);
+        (accepted, transport.process_queue(console::RECEIVE_QUEUE, memory))
+    }
+
+    /// Takes the frames a network card transmitted, letting it move on to chains it left in the transmit queue
+    /// because its outbox was full. Returns the frames and whether chains may still be waiting (the caller
+    /// forwards the frames, then asks again).
+    pub fn take_transmitted(&mut self, memory: &GuestMemory) -> (Vec<Frame>, bool, Option<DeviceError>) {
+        let Model::Net(transport, _) = &mut self.model else { return (Vec::new(), false, None) };
+        let frames: Vec<Frame> = transport.device_mut().drain_transmitted().collect();
+        let mut error = None;
+        if transport.device().transmit_stalled() {
+            error = transport.process_queue(TRANSMIT_QUEUE, memory);
+        }
+        let more = transport.device().pending_transmitted() > 0;
+        (frames, more, error)
+    }
+
+    /// Hands received frames to a network card and fills the driver's receive buffers with them. Returns how many
+    /// were dropped (no driver, inbox full) and any error in the receive queue.
+    pub fn receive<'f>(
+        &mut self,
+        frames: impl Iterator<Item = &'f Frame>,
+        memory: &GuestMemory,
+    ) -> (usize, Option<DeviceError>) {
+        let Model::Net(transport, _) = &mut self.model else { return (0, None) };
+        let dropped = frames.filter(|frame| !transport.device_mut().enqueue_received(frame.as_slice())).count();
+        (dropped, transport.process_queue(RECEIVE_QUEUE, memory))
     }
 }
 
@@ -153,9 +234,10 @@ pub struct DiskSpec<'a> {
     pub read_only: bool,
 }
 
-/// Builds a capsule's slots: its disks first (so the first disk is `/dev/vda`), then an entropy device when the
-/// host has one. Fails if a disk is not inside the host disk or there is no host disk.
-pub fn build(disks: &[DiskSpec<'_>]) -> Result<Vec<Slot>, String> {
+/// Builds a capsule's slots: its disks first (so the first disk is `/dev/vda`), then its network card if it has a
+/// MAC address, then a virtio console (`hvc0`, a second console), then an entropy device when the host has one. Fails if a disk is not inside the host disk or there
+/// is no host disk, or another capsule's card has the MAC address.
+pub fn build(disks: &[DiskSpec<'_>], mac: Option<[u8; 6]>) -> Result<Vec<Slot>, String> {
     let mut slots = Vec::new();
     // The next free slot's address and interrupt source: slots are filled in order.
     let take_slot = |slots: &Vec<Slot>| -> Result<(u64, u32), String> {
@@ -188,6 +270,23 @@ pub fn build(disks: &[DiskSpec<'_>]) -> Result<Vec<Slot>, String> {
             model: Model::Disk(MmioTransport::new(VirtioBlock::new(extent, options))),
         });
     }
+    if let Some(mac) = mac {
+        let port = vnet::attach(mac)?;
+        let (base, irq) = take_slot(&slots)?;
+        slots.push(Slot {
+            base,
+            irq,
+            label: format!("network card {}", keel_dmfs::MacAddress(mac)),
+            model: Model::Net(MmioTransport::new(VirtioNet::new(mac)), port),
+        });
+    }
+    let (base, irq) = take_slot(&slots)?;
+    slots.push(Slot {
+        base,
+        irq,
+        label: String::from("virtio console"),
+        model: Model::Console(MmioTransport::new(VirtioConsole::new())),
+    });
     if hostdev::has_entropy() {
         let (base, irq) = take_slot(&slots)?;
         slots.push(Slot {
