@@ -106,6 +106,18 @@ pub fn disk_args(image: &Path) -> Vec<OsString> {
     ["-drive".into(), drive, "-device".into(), "virtio-blk-device,drive=keel-disk".into()].to_vec()
 }
 
+/// A NIC on QEMU user networking (10.0.2.0/24, gateway 10.0.2.2) whose TCP port `guest_port` at `guest_address`
+/// is reachable from this machine at 127.0.0.1:`host_port`.
+pub fn net_args(host_port: u16, guest_address: &str, guest_port: u16) -> Vec<OsString> {
+    [
+        "-netdev".into(),
+        format!("user,id=keel-net,hostfwd=tcp:127.0.0.1:{host_port}-{guest_address}:{guest_port}").into(),
+        "-device".into(),
+        "virtio-net-device,netdev=keel-net".into(),
+    ]
+    .to_vec()
+}
+
 /// Makes (or keeps) a sparse raw disk image of `size_mib` MiB at `path`.
 pub fn ensure_disk_image(path: &Path, size_mib: u64) -> Result<()> {
     if path.is_file() {

@@ -18,6 +18,8 @@ use crate::setup;
 use crate::shell;
 use crate::Workspace;
 
+mod network;
+
 pub struct Options {
     pub host: bool,
     pub qemu: bool,
@@ -55,6 +57,8 @@ enum Extra {
     /// The virtio-rng driver is bound and is the kernel's current hardware RNG, and `/dev/hwrng` gives bytes. For
     /// the Debian kernel this also shows that rcS loaded the virtio modules from its initramfs.
     HardwareRng,
+    /// The kernel's console is the virtio console (`hvc0`), and the shell's conversation ran over it.
+    VirtioConsole,
     /// `keel list` shows the capsule `stored` of the manifest image on the disk; `keel start stored` boots it
     /// beside the boot capsule; `keel stop stored` stops it.
     StartFromDisk,
@@ -88,6 +92,10 @@ enum Expect {
     /// The scrub manifest: from the boot capsule, `writer` fills its RAM with a pattern and stops, then
     /// `reader`, given the same host memory, finds only zeros.
     Scrub,
+    /// The net manifest on a machine with a NIC on QEMU user networking: the capsules ping each other, a capsule
+    /// sending from the other's MAC address is cut off, a 10 MiB file crosses from `web` to `boot` over HTTP with
+    /// its checksum intact, and this machine fetches it too through a QEMU port forward (tests/network.rs).
+    Network,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +183,11 @@ const SCENARIOS: &[Scenario] = &[
         expect: Expect::Shell(&[Extra::Cpus(2)]),
         ..Scenario::new("keel-small-smp2", Kernel::Small, true, QemuVersion::Machine)
     },
+    Scenario {
+        manifest: Some("small-hvc"),
+        expect: Expect::Shell(&[Extra::VirtioConsole]),
+        ..Scenario::new("keel-small-hvc0", Kernel::Small, true, QemuVersion::Machine)
+    },
     // Without Sstc the guest's timer goes through SBI set_timer and Keel's own timer interrupt.
     Scenario {
         cpu: Some("rv64,sstc=false"),
@@ -222,6 +235,11 @@ const SCENARIOS: &[Scenario] = &[
         disk: Some(DiskSetup { stored_manifest: None, tampered: false }),
         expect: Expect::DiskPersistence,
         ..Scenario::new("keel-disk", Kernel::Small, true, QemuVersion::Machine)
+    },
+    Scenario {
+        manifest: Some("net"),
+        expect: Expect::Network,
+        ..Scenario::new("keel-net", Kernel::Small, true, QemuVersion::Machine)
     },
     // 160 MiB of machine cannot hold the small manifest's 256 MiB capsule.
     Scenario {
@@ -613,6 +631,13 @@ impl<'a> ScenarioContext<'a> {
                 return Ok(format!("{}; {second}", first.split(" | ").nth(1).unwrap_or(&first)));
             }
         }
+        if scenario.expect == Expect::Network {
+            let port = network::free_host_port()?;
+            command.args(qemu::net_args(port, network::WEB_ADDRESS, network::WEB_PORT));
+            return self.converse_with(scenario, "", &qemu_version, command, |console, timeouts| {
+                network::drive_network(console, port, timeouts)
+            });
+        }
         self.converse(scenario, &qemu_version, command, expected_id)
     }
 
@@ -701,6 +726,7 @@ impl<'a> ScenarioContext<'a> {
             Expect::Hostile => drive_hostile(console, timeouts),
             Expect::Scrub => drive_scrub(console, timeouts),
             Expect::DiskPersistence => disk_first_boot(console, timeouts),
+            Expect::Network => bail!("the network scenario needs its port forward: see `ScenarioContext::run`"),
         })
     }
 
@@ -968,6 +994,16 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
                 timeouts,
             )?;
             Ok(format!("hardware RNG {VIRTIO_RNG_NAME} gave 16 bytes"))
+        }
+        Extra::VirtioConsole => {
+            shell_answers(
+                console,
+                "cat /sys/class/tty/console/active",
+                "hvc0",
+                "the kernel's console is the virtio console hvc0",
+                timeouts,
+            )?;
+            Ok("console on the virtio console hvc0".to_string())
         }
     }
 }

@@ -1,0 +1,183 @@
+//! The network scenario: two capsules on Keel's switch (guests/manifests/net.toml) and the machine's NIC as its
+//! uplink, on QEMU user networking with a port forward to the `web` capsule's HTTP server.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use sha2::{Digest as _, Sha256};
+
+use super::{run_in, wait_all_ready, Timeouts};
+use crate::console::Console;
+
+/// The capsules' addresses, as net.toml gives them.
+pub const BOOT_ADDRESS: &str = "10.0.2.15";
+pub const WEB_ADDRESS: &str = "10.0.2.16";
+/// The boot capsule's MAC, which `web` tries to send from.
+const BOOT_MAC: &str = "02:00:00:00:00:01";
+const WEB_MAC: &str = "02:00:00:00:00:02";
+/// Where `web`'s HTTP server listens.
+pub const WEB_PORT: u16 = 8080;
+/// Size of the file copied between the capsules and to this machine.
+const BLOB_MIB: u64 = 10;
+
+/// A free TCP port on this machine's loopback for QEMU's port forward. Another program could take it between
+/// this call and QEMU's start; the scenario would then fail with QEMU's own message about the port.
+pub fn free_host_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free TCP port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Moves console input to capsule `name` (the next one after the focused capsule) and waits for Keel to say so.
+fn focus_next(console: &mut Console, name: &str, timeouts: &Timeouts) -> Result<()> {
+    console.send_bytes(b"\x1dn")?;
+    console
+        .expect_line(&format!("Keel's focus line naming {name}"), timeouts.command, |line| {
+            line.contains("console input now goes to capsule") && line.contains(&format!("'{name}'"))
+        })
+        .with_context(|| format!("focus moves to {name}"))?;
+    Ok(())
+}
+
+/// Runs `command` in `capsule` and insists on exit status 0.
+fn succeed(console: &mut Console, capsule: &str, command: &str, timeout: Duration) -> Result<Vec<String>> {
+    let lines = run_in(console, capsule, command, timeout)?;
+    if lines.last().map(String::as_str) != Some("exit status 0") {
+        bail!("`{command}` in {capsule} failed: {lines:?}");
+    }
+    Ok(lines)
+}
+
+/// `ping` from `capsule` to `address`: all three echo requests are answered.
+fn ping(console: &mut Console, capsule: &str, address: &str, timeouts: &Timeouts) -> Result<()> {
+    let lines = succeed(console, capsule, &format!("ping -c 3 -W 5 {address}"), timeouts.command)?;
+    if !lines.iter().any(|line| line.contains("3 packets received")) {
+        bail!("{capsule} pinging {address}: not all three echo requests were answered: {lines:?}");
+    }
+    Ok(())
+}
+
+/// The checksum `sha256sum` printed for `path`.
+fn checksum_line(lines: &[String], path: &str) -> Result<String> {
+    lines
+        .iter()
+        .find_map(|line| {
+            let (sum, name) = line.split_once(' ')?;
+            (name.trim() == path && sum.len() == 64).then(|| sum.to_string())
+        })
+        .with_context(|| format!("no sha256sum line for {path} in {lines:?}"))
+}
+
+/// Fetches `path` over HTTP/1.0 from 127.0.0.1:`port` and returns the body.
+fn http_get(port: u16, path: &str, timeout: Duration) -> Result<Vec<u8>> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .with_context(|| format!("cannot connect to QEMU's port forward at 127.0.0.1:{port}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {WEB_ADDRESS}\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("reading the answer to GET {path} through 127.0.0.1:{port}"))?;
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .with_context(|| format!("the answer to GET {path} has no end of headers ({} bytes)", response.len()))?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("GET {path} answered `{status}`, expected status 200");
+    }
+    Ok(response[split + 4..].to_vec())
+}
+
+/// The conversation of the network scenario. `host_port` is the forward to `web`'s HTTP server.
+pub fn drive_network(console: &mut Console, host_port: u16, timeouts: &Timeouts) -> Result<String> {
+    wait_all_ready(console, ["boot", "web"].into_iter(), timeouts.boot)?;
+    // Let the shells print their prompts before typing.
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The boot capsule has the focus first.
+    ping(console, "boot", WEB_ADDRESS, timeouts).context("boot pings web across Keel's switch")?;
+
+    focus_next(console, "web", timeouts)?;
+    ping(console, "web", BOOT_ADDRESS, timeouts).context("web pings boot across Keel's switch")?;
+
+    // Anti-spoofing: with the boot capsule's MAC as its source, web's frames are dropped by the switch, so it
+    // cannot reach boot (nor take boot's traffic); with its own MAC back, it can again.
+    let spoofed = run_in(
+        console,
+        "web",
+        &format!("ip link set eth0 address {BOOT_MAC} && ping -c 2 -W 2 {BOOT_ADDRESS}"),
+        timeouts.command,
+    )?;
+    if spoofed.last().map(String::as_str) == Some("exit status 0") {
+        bail!("web reached boot while sending from boot's MAC address: {spoofed:?}");
+    }
+    succeed(console, "web", &format!("ip link set eth0 address {WEB_MAC}"), timeouts.command)?;
+    ping(console, "web", BOOT_ADDRESS, timeouts).context("web pings boot again with its own MAC address")?;
+
+    let served = succeed(
+        console,
+        "web",
+        &format!(
+            "mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/blob bs=1M count={BLOB_MIB} 2>/dev/null && \
+             sha256sum /tmp/www/blob && echo hello from web > /tmp/www/index.html && httpd -p {WEB_PORT} -h /tmp/www"
+        ),
+        timeouts.command,
+    )?;
+    let blob_sum = checksum_line(&served, "/tmp/www/blob")?;
+
+    // Back to the boot capsule, which copies the file from web over TCP.
+    console.send_bytes(b"\x1d1")?;
+    console
+        .expect_line("focus back on the boot capsule", timeouts.command, |line| {
+            line.contains("console input now goes to capsule") && line.contains("'boot'")
+        })
+        .context("focus returns to the boot capsule")?;
+    let started = Instant::now();
+    let fetched = succeed(
+        console,
+        "boot",
+        &format!("wget -q -O /tmp/blob http://{WEB_ADDRESS}:{WEB_PORT}/blob && sha256sum /tmp/blob"),
+        timeouts.boot,
+    )
+    .context("boot copies web's file over HTTP")?;
+    let capsule_copy = started.elapsed();
+    let copied_sum = checksum_line(&fetched, "/tmp/blob")?;
+    if copied_sum != blob_sum {
+        bail!("the copy in boot has checksum {copied_sum}, web's file has {blob_sum}");
+    }
+
+    // From this machine, through QEMU's port forward, the host NIC and Keel's uplink.
+    let index = http_get(host_port, "/index.html", timeouts.command).context("GET /index.html from web")?;
+    if String::from_utf8_lossy(&index).trim() != "hello from web" {
+        bail!("GET /index.html gave {:?}, expected `hello from web`", String::from_utf8_lossy(&index));
+    }
+    let started = Instant::now();
+    let blob = http_get(host_port, "/blob", timeouts.boot).context("GET /blob from web")?;
+    let host_copy = started.elapsed();
+    let host_sum = format!("{:x}", Sha256::digest(&blob));
+    if blob.len() as u64 != BLOB_MIB << 20 || host_sum != blob_sum {
+        bail!(
+            "GET /blob gave {} bytes with checksum {host_sum}; web's file has {} bytes and checksum {blob_sum}",
+            blob.len(),
+            BLOB_MIB << 20
+        );
+    }
+
+    console.send_line("poweroff")?;
+    let status = console.wait_exit(timeouts.power_off).context("poweroff in the boot capsule ends QEMU")?;
+    if !status.success() {
+        bail!("QEMU exited with {status} after poweroff, expected exit status 0");
+    }
+    let rate = |elapsed: Duration| (BLOB_MIB as f64) / elapsed.as_secs_f64().max(1e-6);
+    Ok(format!(
+        "pings both ways; spoofed MAC dropped; {BLOB_MIB} MiB capsule to capsule in {:.1} s ({:.1} MiB/s) and to \
+         this machine in {:.1} s ({:.1} MiB/s), checksums match",
+        capsule_copy.as_secs_f64(),
+        rate(capsule_copy),
+        host_copy.as_secs_f64(),
+        rate(host_copy)
+    ))
+}
