@@ -517,7 +517,7 @@ impl Capsule {
     /// Takes the capsule's network card off the switch (it stops for good); frames for it are dropped from now on.
     pub fn disconnect_network(&self) {
         for port in self.devices.lock().virtio.iter().filter_map(crate::vdev::Slot::net_port) {
-            crate::vnet::detach(port);
+            port.detach();
         }
     }
 

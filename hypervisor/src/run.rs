@@ -494,7 +494,7 @@ fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()
             }
             // The guest may have posted receive buffers for input that is waiting.
             devices.pump_input(&capsule.memory);
-        } else if let Some(port) = slot.net_port() {
+        } else if let Some(port) = slot.net_port().map(crate::vnet::Port::id) {
             let index = ((gpa - vdev::FIRST_SLOT_BASE) / vdev::SLOT_SIZE) as usize;
             drop(devices);
             send_frames(&capsule, index, port);

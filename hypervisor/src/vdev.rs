@@ -149,9 +149,9 @@ impl Slot {
     }
 
     /// The switch port of a network card.
-    pub fn net_port(&self) -> Option<keel_switch::PortId> {
+    pub fn net_port(&self) -> Option<&vnet::Port> {
         match &self.model {
-            Model::Net(_, port) => Some(port.id()),
+            Model::Net(_, port) => Some(port),
             _ => None,
         }
     }

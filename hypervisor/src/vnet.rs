@@ -33,31 +33,48 @@ enum Endpoint {
 
 struct Network {
     switch: Switch,
-    endpoints: BTreeMap<PortId, Endpoint>,
+    /// Each port's endpoint, with the ticket of the [`Port`] that owns it.
+    endpoints: BTreeMap<PortId, (u64, Endpoint)>,
     uplink: Option<PortId>,
+    /// The next ticket. The switch hands out the ids of removed ports again, so a ticket tells a port's owner from
+    /// an earlier owner of the same id.
+    next_ticket: u64,
 }
 
 static NETWORK: Once<Mutex<Network>> = Once::new();
 
 fn network() -> &'static Mutex<Network> {
-    NETWORK.call_once(|| Mutex::new(Network { switch: Switch::new(), endpoints: BTreeMap::new(), uplink: None }))
+    NETWORK.call_once(|| {
+        Mutex::new(Network { switch: Switch::new(), endpoints: BTreeMap::new(), uplink: None, next_ticket: 1 })
+    })
 }
 
 /// A capsule's port on the switch. Dropping it takes the port off the switch, so a capsule that is never built, or
 /// is gone, leaves nothing behind.
 pub struct Port {
     id: PortId,
+    ticket: u64,
 }
 
 impl Port {
     pub fn id(&self) -> PortId {
         self.id
     }
+
+    /// Takes the port off the switch, forgetting what was learned on it. Harmless if it is already off, even if its
+    /// id now belongs to another capsule's port.
+    pub fn detach(&self) {
+        let mut network = network().lock();
+        if network.endpoints.get(&self.id).is_some_and(|(ticket, _)| *ticket == self.ticket) {
+            network.endpoints.remove(&self.id);
+            let _ = network.switch.remove_port(self.id);
+        }
+    }
 }
 
 impl Drop for Port {
     fn drop(&mut self) {
-        detach(self.id);
+        self.detach();
     }
 }
 
@@ -70,22 +87,18 @@ pub fn attach(mac: [u8; 6]) -> Result<Port, alloc::string::String> {
         let _ = network.switch.remove_port(id);
         return Err(alloc::format!("network card {}: {error}", keel_dmfs::MacAddress(mac)));
     }
-    network.endpoints.insert(id, Endpoint::Capsule(Weak::new()));
-    Ok(Port { id })
+    let ticket = network.next_ticket;
+    network.next_ticket += 1;
+    network.endpoints.insert(id, (ticket, Endpoint::Capsule(Weak::new())));
+    Ok(Port { id, ticket })
 }
 
 /// Tells the switch which capsule is behind `port`, once the capsule exists.
-pub fn bind(port: PortId, capsule: &Arc<Capsule>) {
-    if let Some(endpoint) = network().lock().endpoints.get_mut(&port) {
-        *endpoint = Endpoint::Capsule(Arc::downgrade(capsule));
-    }
-}
-
-/// Takes `port` off the switch, forgetting what was learned on it. Taking a port off twice is harmless.
-pub fn detach(port: PortId) {
-    let mut network = network().lock();
-    if network.endpoints.remove(&port).is_some() {
-        let _ = network.switch.remove_port(port);
+pub fn bind(port: &Port, capsule: &Arc<Capsule>) {
+    if let Some((ticket, endpoint)) = network().lock().endpoints.get_mut(&port.id) {
+        if *ticket == port.ticket {
+            *endpoint = Endpoint::Capsule(Arc::downgrade(capsule));
+        }
     }
 }
 
@@ -94,7 +107,9 @@ pub fn attach_uplink() {
     let mut network = network().lock();
     match network.switch.add_port() {
         Ok(id) => {
-            network.endpoints.insert(id, Endpoint::Uplink);
+            let ticket = network.next_ticket;
+            network.next_ticket += 1;
+            network.endpoints.insert(id, (ticket, Endpoint::Uplink));
             network.uplink = Some(id);
         }
         Err(error) => log::warn!("no uplink port on the capsules' switch: {error}"),
@@ -123,7 +138,7 @@ pub fn forward(from: PortId, frames: &[Frame]) {
         let mut network = network().lock();
         network.switch.set_time(now_seconds());
         let mut add = |network: &Network, port: PortId, index: usize| {
-            let Some(endpoint) = network.endpoints.get(&port) else { return };
+            let Some((_, endpoint)) = network.endpoints.get(&port) else { return };
             let same = |known: &Endpoint| match (known, endpoint) {
                 (Endpoint::Uplink, Endpoint::Uplink) => true,
                 (Endpoint::Capsule(a), Endpoint::Capsule(b)) => Weak::ptr_eq(a, b),

@@ -1,5 +1,6 @@
 //! The network scenario: two capsules on Keel's switch (guests/manifests/net.toml) and the machine's NIC as its
-//! uplink, on QEMU user networking with a port forward to the `web` capsule's HTTP server.
+//! uplink, on QEMU user networking with a port forward to the `web` capsule's HTTP server. Pings both ways, a
+//! spoofing attempt, a 10 MiB copy between the capsules and to this machine, and a stop and start of `web`.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -166,6 +167,15 @@ pub fn drive_network(console: &mut Console, host_port: u16, timeouts: &Timeouts)
         );
     }
 
+    // A capsule stopped and started again gets its port back (its MAC is free again once it stopped) and is
+    // reachable as before, while boot's network carried on.
+    succeed(console, "boot", "keel stop web", timeouts.command).context("boot stops web")?;
+    let restarted = Instant::now();
+    succeed(console, "boot", "keel start web", timeouts.command).context("boot starts web again")?;
+    wait_all_ready(console, ["web"].into_iter(), timeouts.boot).context("web boots again")?;
+    ping(console, "boot", WEB_ADDRESS, timeouts).context("boot pings web after web was stopped and started")?;
+    let back = restarted.elapsed();
+
     console.send_line("poweroff")?;
     let status = console.wait_exit(timeouts.power_off).context("poweroff in the boot capsule ends QEMU")?;
     if !status.success() {
@@ -174,10 +184,12 @@ pub fn drive_network(console: &mut Console, host_port: u16, timeouts: &Timeouts)
     let rate = |elapsed: Duration| (BLOB_MIB as f64) / elapsed.as_secs_f64().max(1e-6);
     Ok(format!(
         "pings both ways; spoofed MAC dropped; {BLOB_MIB} MiB capsule to capsule in {:.1} s ({:.1} MiB/s) and to \
-         this machine in {:.1} s ({:.1} MiB/s), checksums match",
+         this machine in {:.1} s ({:.1} MiB/s), checksums match; web stopped, started and answering again in \
+         {:.1} s",
         capsule_copy.as_secs_f64(),
         rate(capsule_copy),
         host_copy.as_secs_f64(),
-        rate(host_copy)
+        rate(host_copy),
+        back.as_secs_f64()
     ))
 }
