@@ -137,6 +137,16 @@ struct RunArgs {
     /// Development mode: leave the image unsigned and build a hypervisor that accepts unsigned images.
     #[arg(long, conflicts_with = "native")]
     unsigned_dev: bool,
+    /// Give the machine a virtio-net NIC on QEMU user networking: the uplink of the capsules' switch.
+    #[arg(long)]
+    nic: bool,
+    /// Forward HOST_PORT on this machine's loopback to GUEST_ADDRESS:GUEST_PORT (TCP); implies --nic. Repeatable.
+    #[arg(long, value_name = "HOST_PORT:GUEST_ADDRESS:GUEST_PORT")]
+    forward: Vec<qemu::Forward>,
+    /// Give the machine this raw disk image (made, 256 MiB and sparse, if it does not exist): Keel's host disk,
+    /// whose extents are the capsules' disks.
+    #[arg(long)]
+    disk: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -338,10 +348,17 @@ fn run(workspace: &Workspace, args: RunArgs) -> Result<ExitCode> {
         Some(hypervisor)
     };
 
-    let command = match &kernel_to_load {
+    let mut command = match &kernel_to_load {
         Some(hypervisor) => qemu.command(&machine, &qemu::Payload::Hypervisor(hypervisor.clone())),
         None => qemu.command(&machine, &qemu::Payload::Native(boot.clone())),
     };
+    if args.nic || !args.forward.is_empty() {
+        command.args(qemu::net_args(&args.forward));
+    }
+    if let Some(disk) = &args.disk {
+        qemu::ensure_disk_image(disk, RUN_DISK_MIB)?;
+        command.args(qemu::disk_args(&absolute(disk)?));
+    }
     shell::step(&format!(
         "starting {} (leave with `poweroff` in the guest shell, or Ctrl-A X)",
         shell::describe(&command)
@@ -354,6 +371,9 @@ fn run(workspace: &Workspace, args: RunArgs) -> Result<ExitCode> {
             .unwrap_or(1),
     ))
 }
+
+/// Size of a disk image `run --disk` makes.
+const RUN_DISK_MIB: u64 = 256;
 
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))

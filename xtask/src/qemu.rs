@@ -106,16 +106,45 @@ pub fn disk_args(image: &Path) -> Vec<OsString> {
     ["-drive".into(), drive, "-device".into(), "virtio-blk-device,drive=keel-disk".into()].to_vec()
 }
 
-/// A NIC on QEMU user networking (10.0.2.0/24, gateway 10.0.2.2) whose TCP port `guest_port` at `guest_address`
-/// is reachable from this machine at 127.0.0.1:`host_port`.
-pub fn net_args(host_port: u16, guest_address: &str, guest_port: u16) -> Vec<OsString> {
-    [
-        "-netdev".into(),
-        format!("user,id=keel-net,hostfwd=tcp:127.0.0.1:{host_port}-{guest_address}:{guest_port}").into(),
-        "-device".into(),
-        "virtio-net-device,netdev=keel-net".into(),
-    ]
-    .to_vec()
+/// A TCP port of this machine's loopback forwarded to a port of a guest address on QEMU user networking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub host_port: u16,
+    pub guest_address: std::net::Ipv4Addr,
+    pub guest_port: u16,
+}
+
+impl std::str::FromStr for Forward {
+    type Err = String;
+
+    /// `HOST_PORT:GUEST_ADDRESS:GUEST_PORT`, e.g. `8080:10.0.2.16:80`.
+    fn from_str(text: &str) -> Result<Forward, String> {
+        let usage = || format!("`{text}` is not HOST_PORT:GUEST_ADDRESS:GUEST_PORT (e.g. 8080:10.0.2.16:80)");
+        let mut parts = text.split(':');
+        let (Some(host), Some(address), Some(guest), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(usage());
+        };
+        let port = |word: &str| word.parse::<u16>().ok().filter(|&port| port != 0);
+        Ok(Forward {
+            host_port: port(host).ok_or_else(usage)?,
+            guest_address: address.parse().map_err(|_| usage())?,
+            guest_port: port(guest).ok_or_else(usage)?,
+        })
+    }
+}
+
+/// A NIC on QEMU user networking (10.0.2.0/24, gateway 10.0.2.2, DNS 10.0.2.3): the uplink of Keel's switch, or a
+/// native guest's own card. Each forward makes a guest's TCP port reachable from this machine's loopback.
+pub fn net_args(forwards: &[Forward]) -> Vec<OsString> {
+    let mut netdev = String::from("user,id=keel-net");
+    for forward in forwards {
+        netdev.push_str(&format!(
+            ",hostfwd=tcp:127.0.0.1:{}-{}:{}",
+            forward.host_port, forward.guest_address, forward.guest_port
+        ));
+    }
+    ["-netdev".into(), netdev.into(), "-device".into(), "virtio-net-device,netdev=keel-net".into()].to_vec()
 }
 
 /// Makes (or keeps) a sparse raw disk image of `size_mib` MiB at `path`.
@@ -359,6 +388,25 @@ fn missing_libraries(qemu: &Qemu) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwards_are_read_and_bad_ones_named() {
+        let forward: Forward = "8080:10.0.2.16:80".parse().unwrap();
+        assert_eq!(
+            forward,
+            Forward { host_port: 8080, guest_address: "10.0.2.16".parse().unwrap(), guest_port: 80 }
+        );
+        for bad in ["8080:10.0.2.16", "8080:10.0.2.16:80:1", "0:10.0.2.16:80", "8080:10.0.2:80", "x:10.0.2.16:80", "8080:10.0.2.16:70000"] {
+            let error = bad.parse::<Forward>().unwrap_err();
+            assert!(error.contains(bad) && error.contains("HOST_PORT:GUEST_ADDRESS:GUEST_PORT"), "{error}");
+        }
+        let args = net_args(&[forward.clone(), Forward { host_port: 2222, guest_port: 22, ..forward }]);
+        assert_eq!(
+            args[1],
+            "user,id=keel-net,hostfwd=tcp:127.0.0.1:8080-10.0.2.16:80,hostfwd=tcp:127.0.0.1:2222-10.0.2.16:22"
+        );
+        assert_eq!(args[3], "virtio-net-device,netdev=keel-net");
+    }
 
     #[test]
     fn memory_sizes_follow_qemu_syntax() {

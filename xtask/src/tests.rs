@@ -633,7 +633,7 @@ impl<'a> ScenarioContext<'a> {
         }
         if scenario.expect == Expect::Network {
             let port = network::free_host_port()?;
-            command.args(qemu::net_args(port, network::WEB_ADDRESS, network::WEB_PORT));
+            command.args(qemu::net_args(&[network::web_forward(port)]));
             return self.converse_with(scenario, "", &qemu_version, command, |console, timeouts| {
                 network::drive_network(console, port, timeouts)
             });

@@ -23,6 +23,11 @@ pub const WEB_PORT: u16 = 8080;
 /// Size of the file copied between the capsules and to this machine.
 const BLOB_MIB: u64 = 10;
 
+/// QEMU's forward from 127.0.0.1:`host_port` to web's HTTP server.
+pub fn web_forward(host_port: u16) -> crate::qemu::Forward {
+    crate::qemu::Forward { host_port, guest_address: WEB_ADDRESS.parse().expect("a valid address"), guest_port: WEB_PORT }
+}
+
 /// A free TCP port on this machine's loopback for QEMU's port forward. Another program could take it between
 /// this call and QEMU's start; the scenario would then fail with QEMU's own message about the port.
 pub fn free_host_port() -> Result<u16> {
