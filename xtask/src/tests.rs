@@ -59,6 +59,8 @@ enum Extra {
     HardwareRng,
     /// The kernel's console is the virtio console (`hvc0`), and the shell's conversation ran over it.
     VirtioConsole,
+    /// `eth0` is the capsule's virtio-net card with the MAC address its manifest gives (default.toml's).
+    NetworkCard,
     /// `keel list` shows the capsule `stored` of the manifest image on the disk; `keel start stored` boots it
     /// beside the boot capsule; `keel stop stored` stops it.
     StartFromDisk,
@@ -147,6 +149,9 @@ impl Scenario {
     }
 }
 
+/// The MAC address guests/manifests/default.toml gives the boot capsule's network card.
+const DEFAULT_MAC: &str = "02:00:00:00:00:01";
+
 /// Size of the disk scenarios give the machine.
 const DISK_MIB: u64 = 256;
 
@@ -169,7 +174,7 @@ const SCENARIOS: &[Scenario] = &[
         ..Scenario::new("keel-sbi-check", Kernel::SbiCheck, true, QemuVersion::Machine)
     },
     Scenario {
-        expect: Expect::Shell(&[Extra::HardwareRng, Extra::ForeignAccess]),
+        expect: Expect::Shell(&[Extra::HardwareRng, Extra::NetworkCard, Extra::ForeignAccess]),
         ..Scenario::new("keel-debian", Kernel::Debian, true, QemuVersion::Machine)
     },
     Scenario {
@@ -1004,6 +1009,16 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
                 timeouts,
             )?;
             Ok("console on the virtio console hvc0".to_string())
+        }
+        Extra::NetworkCard => {
+            shell_answers(
+                console,
+                "cat /sys/class/net/eth0/address",
+                DEFAULT_MAC,
+                "eth0 has the manifest's MAC address",
+                timeouts,
+            )?;
+            Ok(format!("eth0 is the virtio-net card {DEFAULT_MAC}"))
         }
     }
 }

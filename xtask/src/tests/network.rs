@@ -1,6 +1,7 @@
 //! The network scenario: two capsules on Keel's switch (guests/manifests/net.toml) and the machine's NIC as its
 //! uplink, on QEMU user networking with a port forward to the `web` capsule's HTTP server. Pings both ways, a
-//! spoofing attempt, a 10 MiB copy between the capsules and to this machine, and a stop and start of `web`.
+//! spoofing attempt, a 10 MiB copy between the capsules and to this machine, a DHCP lease through the uplink, and
+//! a stop and start of `web`.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -172,6 +173,14 @@ pub fn drive_network(console: &mut Console, host_port: u16, timeouts: &Timeouts)
         );
     }
 
+    // DHCP from QEMU user networking, through the switch's uplink: the initramfs's udhcpc script applies the lease.
+    let leased = succeed(console, "boot", "udhcpc -i eth0 -n -q -t 5", timeouts.command).context("boot asks for a DHCP lease")?;
+    let lease = leased
+        .iter()
+        .find(|line| line.starts_with("udhcpc: eth0 is 10.0.2."))
+        .with_context(|| format!("udhcpc applied no lease in the 10.0.2.0/24 network: {leased:?}"))?
+        .clone();
+
     // A capsule stopped and started again gets its port back (its MAC is free again once it stopped) and is
     // reachable as before, while boot's network carried on.
     succeed(console, "boot", "keel stop web", timeouts.command).context("boot stops web")?;
@@ -189,12 +198,13 @@ pub fn drive_network(console: &mut Console, host_port: u16, timeouts: &Timeouts)
     let rate = |elapsed: Duration| (BLOB_MIB as f64) / elapsed.as_secs_f64().max(1e-6);
     Ok(format!(
         "pings both ways; spoofed MAC dropped; {BLOB_MIB} MiB capsule to capsule in {:.1} s ({:.1} MiB/s) and to \
-         this machine in {:.1} s ({:.1} MiB/s), checksums match; web stopped, started and answering again in \
-         {:.1} s",
+         this machine in {:.1} s ({:.1} MiB/s), checksums match; DHCP `{}`; web stopped, started and answering \
+         again in {:.1} s",
         capsule_copy.as_secs_f64(),
         rate(capsule_copy),
         host_copy.as_secs_f64(),
         rate(host_copy),
+        lease.trim_start_matches("udhcpc: "),
         back.as_secs_f64()
     ))
 }
