@@ -2,6 +2,7 @@
 //! medians and spread, printed as tables and written as JSON under target/keel/bench/.
 
 mod elf;
+mod net;
 mod parse;
 mod report;
 mod stats;
@@ -67,6 +68,10 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
     (
         "io-disk",
         "virtio-blk sequential write and read with O_DIRECT, Keel's disk (an extent of the host disk) vs QEMU's own virtio-blk natively",
+    ),
+    (
+        "io-net",
+        "virtio-net throughput to this machine (HTTP through QEMU's port forward) and capsule to capsule, Keel's switch vs native QEMU machines",
     ),
 ];
 
@@ -217,6 +222,7 @@ pub fn run(workspace: &Workspace, options: &Options) -> Result<bool> {
             "footprint" => context.footprint_benchmark(name),
             "scale" => context.scale_benchmark(name, reps_small.min(3)),
             "io-disk" => context.disk_benchmark(name, reps_small.min(3)),
+            "io-net" => context.net_benchmark(name, reps_small.min(3)),
             other => bail!("benchmark {other} is listed but has no implementation"),
         };
         benchmark.settle_status();
