@@ -158,37 +158,54 @@ impl Drop for GuestMemory {
 /// path, so they cost nothing that matters; a broken invariant stops Keel rather than let a page leak between
 /// capsules.
 pub mod ledger {
-    use alloc::collections::BTreeMap;
+    use alloc::vec::Vec;
 
     use spin::Mutex;
 
     use super::CHUNK;
 
-    static OWNERS: Mutex<BTreeMap<usize, u32>> = Mutex::new(BTreeMap::new());
+    /// `(chunk, owner)` pairs sorted by chunk address: a few hundred at most (1 GiB is 512 chunks), so a sorted
+    /// vector serves as well as a tree and costs far less code.
+    static OWNERS: Mutex<Vec<(usize, u32)>> = Mutex::new(Vec::new());
+
+    fn owner_of(owners: &[(usize, u32)], chunk: usize) -> Option<u32> {
+        owners.binary_search_by_key(&chunk, |&(start, _)| start).ok().map(|index| owners[index].1)
+    }
 
     /// Records that `chunk` now belongs to capsule `owner`; it must have belonged to nobody.
     pub fn claim(chunk: usize, owner: u32) {
-        let previous = OWNERS.lock().insert(chunk, owner);
-        assert!(previous.is_none(), "RAM chunk {chunk:#x} handed to capsule {owner} while capsule {previous:?} owns it");
+        let mut owners = OWNERS.lock();
+        match owners.binary_search_by_key(&chunk, |&(start, _)| start) {
+            Ok(index) => {
+                let previous = owners[index].1;
+                panic!("RAM chunk {chunk:#x} handed to capsule {owner} while capsule {previous} owns it");
+            }
+            Err(index) => owners.insert(index, (chunk, owner)),
+        }
     }
 
     /// Records that `owner` gave `chunk` back; it must have been `owner`'s.
     pub fn release(chunk: usize, owner: u32) {
-        let previous = OWNERS.lock().remove(&chunk);
+        let mut owners = OWNERS.lock();
+        let found = owners.binary_search_by_key(&chunk, |&(start, _)| start).ok();
+        let previous = found.map(|index| owners[index].1);
         assert_eq!(previous, Some(owner), "RAM chunk {chunk:#x} freed by capsule {owner} but owned by {previous:?}");
+        if let Some(index) = found {
+            owners.remove(index);
+        }
     }
 
     /// Checks that the chunk holding host address `address` belongs to `owner` (before mapping it for `owner`).
     pub fn assert_owned_by(address: usize, owner: u32) {
         let chunk = address & !(CHUNK as usize - 1);
-        let found = OWNERS.lock().get(&chunk).copied();
+        let found = owner_of(&OWNERS.lock(), chunk);
         assert_eq!(found, Some(owner), "host {address:#x} mapped into capsule {owner} but owned by {found:?}");
     }
 
     /// Checks that host address `address` is not guest RAM of any capsule (Keel's own pages).
     pub fn assert_not_guest_ram(address: usize) {
         let chunk = address & !(CHUNK as usize - 1);
-        let found = OWNERS.lock().get(&chunk).copied();
+        let found = owner_of(&OWNERS.lock(), chunk);
         assert!(found.is_none(), "Keel page {address:#x} lies in RAM of capsule {found:?}");
     }
 }

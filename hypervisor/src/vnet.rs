@@ -10,7 +10,6 @@
 //! A capsule's port is restricted to the MAC address in its manifest: the switch drops frames it sends from any other
 //! address and never lets another port claim that address.
 
-use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 
@@ -33,8 +32,8 @@ enum Endpoint {
 
 struct Network {
     switch: Switch,
-    /// Each port's endpoint, with the ticket of the [`Port`] that owns it.
-    endpoints: BTreeMap<PortId, (u64, Endpoint)>,
+    /// Each port with the ticket of the [`Port`] that owns it and its endpoint: one per capsule card and the uplink.
+    endpoints: Vec<(PortId, u64, Endpoint)>,
     uplink: Option<PortId>,
     /// The next ticket. The switch hands out the ids of removed ports again, so a ticket tells a port's owner from
     /// an earlier owner of the same id.
@@ -45,7 +44,7 @@ static NETWORK: Once<Mutex<Network>> = Once::new();
 
 fn network() -> &'static Mutex<Network> {
     NETWORK.call_once(|| {
-        Mutex::new(Network { switch: Switch::new(), endpoints: BTreeMap::new(), uplink: None, next_ticket: 1 })
+        Mutex::new(Network { switch: Switch::new(), endpoints: Vec::new(), uplink: None, next_ticket: 1 })
     })
 }
 
@@ -65,8 +64,8 @@ impl Port {
     /// id now belongs to another capsule's port.
     pub fn detach(&self) {
         let mut network = network().lock();
-        if network.endpoints.get(&self.id).is_some_and(|(ticket, _)| *ticket == self.ticket) {
-            network.endpoints.remove(&self.id);
+        if let Some(index) = network.endpoints.iter().position(|&(id, ticket, _)| id == self.id && ticket == self.ticket) {
+            network.endpoints.swap_remove(index);
             let _ = network.switch.remove_port(self.id);
         }
     }
@@ -89,16 +88,17 @@ pub fn attach(mac: [u8; 6]) -> Result<Port, alloc::string::String> {
     }
     let ticket = network.next_ticket;
     network.next_ticket += 1;
-    network.endpoints.insert(id, (ticket, Endpoint::Capsule(Weak::new())));
+    network.endpoints.push((id, ticket, Endpoint::Capsule(Weak::new())));
     Ok(Port { id, ticket })
 }
 
 /// Tells the switch which capsule is behind `port`, once the capsule exists.
 pub fn bind(port: &Port, capsule: &Arc<Capsule>) {
-    if let Some((ticket, endpoint)) = network().lock().endpoints.get_mut(&port.id) {
-        if *ticket == port.ticket {
-            *endpoint = Endpoint::Capsule(Arc::downgrade(capsule));
-        }
+    let mut network = network().lock();
+    if let Some((_, _, endpoint)) =
+        network.endpoints.iter_mut().find(|(id, ticket, _)| *id == port.id && *ticket == port.ticket)
+    {
+        *endpoint = Endpoint::Capsule(Arc::downgrade(capsule));
     }
 }
 
@@ -109,7 +109,7 @@ pub fn attach_uplink() {
         Ok(id) => {
             let ticket = network.next_ticket;
             network.next_ticket += 1;
-            network.endpoints.insert(id, (ticket, Endpoint::Uplink));
+            network.endpoints.push((id, ticket, Endpoint::Uplink));
             network.uplink = Some(id);
         }
         Err(error) => log::warn!("no uplink port on the capsules' switch: {error}"),
@@ -138,7 +138,7 @@ pub fn forward(from: PortId, frames: &[Frame]) {
         let mut network = network().lock();
         network.switch.set_time(now_seconds());
         let mut add = |network: &Network, port: PortId, index: usize| {
-            let Some((_, endpoint)) = network.endpoints.get(&port) else { return };
+            let Some((_, _, endpoint)) = network.endpoints.iter().find(|(id, _, _)| *id == port) else { return };
             let same = |known: &Endpoint| match (known, endpoint) {
                 (Endpoint::Uplink, Endpoint::Uplink) => true,
                 (Endpoint::Capsule(a), Endpoint::Capsule(b)) => Weak::ptr_eq(a, b),

@@ -1,7 +1,6 @@
 //! Owned summary of the host platform, read from the flattened device tree firmware passes in `a1`.
 
 use alloc::borrow::ToOwned;
-use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -501,7 +500,8 @@ struct TreeNode<'b, 'a> {
 /// All nodes in document order, addressed by index, with phandles resolved.
 struct Tree<'b, 'a> {
     nodes: Vec<TreeNode<'b, 'a>>,
-    phandles: BTreeMap<u32, usize>,
+    /// `(phandle, node)` pairs, the first node with each phandle; a tree has a few dozen, so a vector is enough.
+    phandles: Vec<(u32, usize)>,
 }
 
 impl<'b, 'a> Tree<'b, 'a> {
@@ -511,7 +511,7 @@ impl<'b, 'a> Tree<'b, 'a> {
         let root = fdt.find_node("/").ok_or(StructureError::MissingRootNode)?;
         let mut tree = Tree {
             nodes: Vec::new(),
-            phandles: BTreeMap::new(),
+            phandles: Vec::new(),
         };
         tree.nodes.push(TreeNode {
             node: root,
@@ -527,7 +527,9 @@ impl<'b, 'a> Tree<'b, 'a> {
                     .and_then(|value| be_u32(value, 0).filter(|_| value.len() == 4))
             });
             if let Some(phandle) = phandle {
-                tree.phandles.entry(phandle).or_insert(index);
+                if !tree.phandles.iter().any(|&(known, _)| known == phandle) {
+                    tree.phandles.push((phandle, index));
+                }
             }
         }
         Ok(tree)
@@ -602,7 +604,7 @@ impl<'b, 'a> Tree<'b, 'a> {
     }
 
     fn by_phandle(&self, phandle: u32) -> Option<usize> {
-        self.phandles.get(&phandle).copied()
+        self.phandles.iter().find(|&&(known, _)| known == phandle).map(|&(_, index)| index)
     }
 
     fn first_enabled_compatible(&self, compatible: &[&str]) -> Option<usize> {
