@@ -25,12 +25,18 @@
 //! traffic. The uplink stays unrestricted, since it carries many stations. Frames whose
 //! source address is a group (multicast or broadcast) address or all zeros are never
 //! valid and are dropped on every port.
+//!
+//! **Storage.** The address table is a plain vector searched linearly, and the pinned
+//! addresses are read from the ports' restrictions. A Keel machine has a handful of
+//! stations (one per capsule, plus what the uplink shows), so scanning a short vector costs
+//! no more than walking a tree, and it is far smaller in the hypervisor image: each
+//! `BTreeMap` instantiation adds kilobytes of monomorphised code. The table's capacity
+//! ([`DEFAULT_TABLE_CAPACITY`] unless configured otherwise) bounds the worst-case scan.
 
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -272,30 +278,26 @@ struct Port {
 
 #[derive(Debug, Clone, Copy)]
 struct LearnedEntry {
+    address: MacAddress,
     port: PortId,
     last_seen: u64,
-    /// Breaks ties between entries seen in the same tick, in the order they were seen.
+    /// Position of the entry's latest sighting among all sightings, so that entries seen in
+    /// the same tick still have an order. Time never runs backwards, so ordering by this
+    /// number alone is ordering by `last_seen` with ties broken by arrival.
     sequence: u64,
-}
-
-impl LearnedEntry {
-    fn age_key(&self) -> (u64, u64) {
-        (self.last_seen, self.sequence)
-    }
 }
 
 /// A learning Ethernet switch.
 #[derive(Debug, Clone)]
 pub struct Switch {
     config: SwitchConfig,
-    /// Indexed by port number; `None` for removed ports.
+    /// Indexed by port number; `None` for removed ports. A port's restriction doubles as
+    /// the pin of its address (never aged, never evicted, never moved), so pinned
+    /// addresses need no table of their own and vanish with their port.
     ports: Vec<Option<Port>>,
-    /// Addresses of restricted ports: never aged, never evicted, never moved.
-    pinned: BTreeMap<MacAddress, PortId>,
-    learned: BTreeMap<MacAddress, LearnedEntry>,
-    /// The learned addresses ordered by when they were last seen, oldest first, so that
-    /// ageing and eviction find their victims without scanning the table.
-    by_age: BTreeMap<(u64, u64), MacAddress>,
+    /// The learned addresses, in no particular order, at most one entry per address and
+    /// never a pinned one.
+    learned: Vec<LearnedEntry>,
     now: u64,
     next_sequence: u64,
     counters: SwitchCounters,
@@ -318,9 +320,7 @@ impl Switch {
         Self {
             config,
             ports: Vec::new(),
-            pinned: BTreeMap::new(),
-            learned: BTreeMap::new(),
-            by_age: BTreeMap::new(),
+            learned: Vec::new(),
             now: 0,
             next_sequence: 0,
             counters: SwitchCounters::default(),
@@ -353,17 +353,9 @@ impl Switch {
             .get_mut(usize::from(port.0))
             .filter(|slot| slot.is_some())
             .ok_or(SwitchError::NoSuchPort(port))?;
+        // Emptying the slot also releases the port's pinned address.
         *slot = None;
-        self.pinned.retain(|_, owner| *owner != port);
-        let forgotten: Vec<MacAddress> = self
-            .learned
-            .iter()
-            .filter(|(_, entry)| entry.port == port)
-            .map(|(address, _)| *address)
-            .collect();
-        for address in forgotten {
-            self.forget(address);
-        }
+        self.learned.retain(|entry| entry.port != port);
         Ok(())
     }
 
@@ -377,21 +369,18 @@ impl Switch {
         if !address.is_station() {
             return Err(SwitchError::NotStationAddress(address));
         }
-        match self.pinned.get(&address) {
-            Some(&owner) if owner != port => {
+        match self.pinned_owner(address) {
+            Some(owner) if owner != port => {
                 return Err(SwitchError::AddressPinnedElsewhere { address, owner });
             }
             _ => {}
         }
-        let previous = self
-            .port_mut(port)
-            .and_then(|state| state.restricted_to.replace(address));
-        if let Some(previous) = previous {
-            self.pinned.remove(&previous);
+        // Replacing the restriction releases the previously pinned address, if any.
+        if let Some(state) = self.port_mut(port) {
+            state.restricted_to = Some(address);
         }
         // A pinned address is no longer a learned one, wherever it was learned.
         self.forget(address);
-        self.pinned.insert(address, port);
         Ok(())
     }
 
@@ -426,22 +415,30 @@ impl Switch {
         if now < self.now {
             return;
         }
-        self.now = now;
-        while let Some((&(last_seen, _), &address)) = self.by_age.first_key_value() {
-            if last_seen.saturating_add(self.config.age_limit) > now {
-                break;
-            }
-            self.forget(address);
-            self.counters.aged_out += 1;
+        let age_limit = self.config.age_limit;
+        // The call that last moved the clock forgot every entry due by then, and every entry
+        // seen since (or since creation, at time 0) was seen at that same time. So when the
+        // clock stands still, only an age limit that expires an entry in the tick it was seen
+        // can find anything to forget; otherwise the scan is skipped, which keeps repeated
+        // calls within one tick cheap.
+        if now == self.now && now.saturating_add(age_limit) > now {
+            return;
         }
+        self.now = now;
+        let before = self.learned.len();
+        self.learned
+            .retain(|entry| entry.last_seen.saturating_add(age_limit) > now);
+        self.counters.aged_out += (before - self.learned.len()) as u64;
     }
 
     /// The port `address` is reachable through, if the switch knows it (pinned or learned).
     pub fn lookup(&self, address: MacAddress) -> Option<PortId> {
-        self.pinned
-            .get(&address)
-            .or_else(|| self.learned.get(&address).map(|entry| &entry.port))
-            .copied()
+        self.pinned_owner(address).or_else(|| {
+            self.learned
+                .iter()
+                .find(|entry| entry.address == address)
+                .map(|entry| entry.port)
+        })
     }
 
     /// Number of learned addresses (pinned ones not included).
@@ -491,8 +488,8 @@ impl Switch {
                 return Route::Drop(DropReason::SpoofedSource);
             }
         }
-        match self.pinned.get(&source) {
-            Some(&owner) if owner != from => return Route::Drop(DropReason::SourcePinnedElsewhere),
+        match self.pinned_owner(source) {
+            Some(owner) if owner != from => return Route::Drop(DropReason::SourcePinnedElsewhere),
             // The port's own pinned address: nothing to learn.
             Some(_) => {}
             None => self.learn(source, from),
@@ -552,44 +549,70 @@ impl Switch {
     fn learn(&mut self, address: MacAddress, port: PortId) {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        let fresh = LearnedEntry {
-            port,
-            last_seen: self.now,
-            sequence,
-        };
-        if let Some(entry) = self.learned.get_mut(&address) {
+        let now = self.now;
+        if let Some(entry) = self
+            .learned
+            .iter_mut()
+            .find(|entry| entry.address == address)
+        {
             if entry.port != port {
                 // A station moved (or shares the address); the latest port wins, as only
                 // unrestricted ports get here.
                 entry.port = port;
                 self.counters.moved += 1;
             }
-            self.by_age.remove(&entry.age_key());
-            entry.last_seen = fresh.last_seen;
-            entry.sequence = fresh.sequence;
-            self.by_age.insert(entry.age_key(), address);
+            entry.last_seen = now;
+            entry.sequence = sequence;
             return;
         }
         if self.config.table_capacity == 0 {
             return;
         }
-        while self.learned.len() >= self.config.table_capacity {
-            let Some((_, oldest)) = self.by_age.pop_first() else {
-                break;
-            };
-            self.learned.remove(&oldest);
-            self.counters.evicted += 1;
+        if self.learned.len() >= self.config.table_capacity {
+            // Full: forget the least recently seen address. The capacity never changes, so
+            // one eviction makes room; the table is unordered, so swapping the last entry
+            // into the hole is fine.
+            let oldest = self
+                .learned
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, entry)| entry.sequence)
+                .map(|(index, _)| index);
+            if let Some(oldest) = oldest {
+                self.learned.swap_remove(oldest);
+                self.counters.evicted += 1;
+            }
         }
-        self.learned.insert(address, fresh);
-        self.by_age.insert(fresh.age_key(), address);
+        self.learned.push(LearnedEntry {
+            address,
+            port,
+            last_seen: now,
+            sequence,
+        });
         self.counters.learned += 1;
     }
 
     /// Removes a learned address, if it is one.
     fn forget(&mut self, address: MacAddress) {
-        if let Some(entry) = self.learned.remove(&address) {
-            self.by_age.remove(&entry.age_key());
+        if let Some(index) = self
+            .learned
+            .iter()
+            .position(|entry| entry.address == address)
+        {
+            self.learned.swap_remove(index);
         }
+    }
+
+    /// The restricted port `address` is pinned to, if any.
+    fn pinned_owner(&self, address: MacAddress) -> Option<PortId> {
+        self.ports
+            .iter()
+            .position(|slot| {
+                slot.as_ref()
+                    .is_some_and(|state| state.restricted_to == Some(address))
+            })
+            // Indices stay below MAX_PORTS, which fits in 16 bits.
+            .map(|index| PortId(index as u16))
     }
 
     fn port(&self, port: PortId) -> Option<&Port> {
@@ -1052,6 +1075,183 @@ mod tests {
         );
         switch.remove_port(PortId(10)).unwrap();
         assert_eq!(switch.add_port(), Ok(PortId(10)));
+    }
+
+    #[test]
+    fn zero_age_limit_forgets_at_the_next_clock_reading() {
+        let config = SwitchConfig {
+            table_capacity: 16,
+            age_limit: 0,
+        };
+        let (mut switch, uplink, _a, _b) = three_ports(config);
+        switch.set_time(7);
+        switch.route(uplink, &frame(MacAddress::BROADCAST, UPLINK_HOST, 60));
+        assert_eq!(switch.lookup(UPLINK_HOST), Some(uplink));
+        // Reading the same time again still ages with a zero limit.
+        switch.set_time(7);
+        assert_eq!(switch.lookup(UPLINK_HOST), None);
+        assert_eq!(switch.counters().aged_out, 1);
+
+        // At the end of time every entry is due at once, whatever the limit.
+        let config = SwitchConfig {
+            table_capacity: 16,
+            age_limit: 1000,
+        };
+        let (mut switch, uplink, _a, _b) = three_ports(config);
+        switch.set_time(u64::MAX);
+        switch.route(uplink, &frame(MacAddress::BROADCAST, OTHER_HOST, 60));
+        assert_eq!(switch.lookup(OTHER_HOST), Some(uplink));
+        switch.set_time(u64::MAX);
+        assert_eq!(switch.lookup(OTHER_HOST), None);
+        assert_eq!(switch.counters().aged_out, 1);
+    }
+
+    #[test]
+    fn repeated_clock_readings_keep_fresh_entries() {
+        let config = SwitchConfig {
+            table_capacity: 16,
+            age_limit: 10,
+        };
+        let (mut switch, uplink, a, _b) = three_ports(config);
+        switch.set_time(20);
+        switch.route(uplink, &frame(MacAddress::BROADCAST, UPLINK_HOST, 60));
+        switch.set_time(20);
+        switch.set_time(29);
+        switch.route(a, &frame(MacAddress::BROADCAST, CAPSULE_A, 60));
+        switch.set_time(29);
+        assert_eq!(switch.lookup(UPLINK_HOST), Some(uplink));
+        switch.set_time(30);
+        assert_eq!(switch.lookup(UPLINK_HOST), None);
+        assert_eq!(switch.lookup(CAPSULE_A), Some(a));
+        assert_eq!(switch.counters().aged_out, 1);
+    }
+
+    /// The address table of a learning switch written the obvious way: a list kept in
+    /// the order addresses were last seen, oldest first.
+    struct ReferenceTable {
+        capacity: usize,
+        age_limit: u64,
+        now: u64,
+        /// (address, port, last seen), least recently seen first.
+        entries: Vec<(MacAddress, PortId, u64)>,
+        counters: SwitchCounters,
+    }
+
+    impl ReferenceTable {
+        fn learn(&mut self, address: MacAddress, port: PortId) {
+            if let Some(index) = self.entries.iter().position(|entry| entry.0 == address) {
+                let (_, old_port, _) = self.entries.remove(index);
+                if old_port != port {
+                    self.counters.moved += 1;
+                }
+                self.entries.push((address, port, self.now));
+                return;
+            }
+            if self.capacity == 0 {
+                return;
+            }
+            if self.entries.len() == self.capacity {
+                self.entries.remove(0);
+                self.counters.evicted += 1;
+            }
+            self.entries.push((address, port, self.now));
+            self.counters.learned += 1;
+        }
+
+        fn set_time(&mut self, now: u64) {
+            if now < self.now {
+                return;
+            }
+            self.now = now;
+            let before = self.entries.len();
+            let age_limit = self.age_limit;
+            self.entries
+                .retain(|entry| entry.2.saturating_add(age_limit) > now);
+            self.counters.aged_out += (before - self.entries.len()) as u64;
+        }
+
+        fn lookup(&self, address: MacAddress) -> Option<PortId> {
+            self.entries
+                .iter()
+                .find(|entry| entry.0 == address)
+                .map(|entry| entry.1)
+        }
+
+        fn route(&mut self, from: PortId, destination: MacAddress, source: MacAddress) -> Route {
+            self.learn(source, from);
+            if destination.is_multicast() {
+                return Route::Flood;
+            }
+            match self.lookup(destination) {
+                None => Route::Flood,
+                Some(to) if to == from => Route::Drop(DropReason::SameSegment),
+                Some(to) => Route::Deliver(to),
+            }
+        }
+    }
+
+    /// Learning, moving, eviction, ageing and port removal on unrestricted ports agree, step
+    /// by step, with the reference table, for several capacities and age limits.
+    #[test]
+    fn table_matches_a_recency_ordered_reference() {
+        let mut state = 0x6b65_656c_7377u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        for (table_capacity, age_limit) in [(8, 0), (8, 3), (5, 40), (1, 1000), (0, 10), (24, 20)] {
+            let config = SwitchConfig {
+                table_capacity,
+                age_limit,
+            };
+            let mut switch = Switch::with_config(config);
+            let mut reference = ReferenceTable {
+                capacity: table_capacity,
+                age_limit,
+                now: 0,
+                entries: Vec::new(),
+                counters: SwitchCounters::default(),
+            };
+            let ports: Vec<PortId> = (0..4).map(|_| switch.add_port().unwrap()).collect();
+            let mut now = 0;
+            for _ in 0..5_000 {
+                match next(20) {
+                    0 | 1 => {
+                        now += next(4);
+                        switch.set_time(now);
+                        reference.set_time(now);
+                    }
+                    2 => {
+                        let port = ports[next(4) as usize];
+                        switch.remove_port(port).unwrap();
+                        assert_eq!(switch.add_port(), Ok(port));
+                        reference.entries.retain(|entry| entry.1 != port);
+                    }
+                    _ => {}
+                }
+                let from = ports[next(4) as usize];
+                let source = station(next(24) as u32);
+                let destination = match next(6) {
+                    0 => MacAddress::BROADCAST,
+                    _ => station(next(24) as u32),
+                };
+                assert_eq!(
+                    switch.route(from, &frame(destination, source, 60)),
+                    reference.route(from, destination, source)
+                );
+                assert_eq!(switch.learned_len(), reference.entries.len());
+                assert_eq!(*switch.counters(), reference.counters);
+                for number in 0..24 {
+                    assert_eq!(
+                        switch.lookup(station(number)),
+                        reference.lookup(station(number))
+                    );
+                }
+            }
+            assert!(table_capacity == 0 || switch.counters().learned > 0);
+        }
     }
 
     #[test]
