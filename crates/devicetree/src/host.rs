@@ -179,13 +179,17 @@ pub fn parse_host(dtb: &[u8]) -> Result<HostPlatform> {
                 node: tree.path(index).to_owned(),
                 property: "interrupts",
             })?;
-        virtio_mmio.push(HostVirtio {
-            base: region.base,
-            size: region.size,
-            irq,
-        });
+        // In address order, each slot inserted in its place (a machine has a handful).
+        let at = virtio_mmio.partition_point(|slot: &HostVirtio| slot.base < region.base);
+        virtio_mmio.insert(
+            at,
+            HostVirtio {
+                base: region.base,
+                size: region.size,
+                irq,
+            },
+        );
     }
-    virtio_mmio.sort_by_key(|slot| slot.base);
 
     let test_device = match tree.first_enabled_compatible(TEST_DEVICE_COMPATIBLE) {
         Some(index) => Some(tree.first_reg(index)?),
