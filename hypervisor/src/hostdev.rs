@@ -2,21 +2,14 @@
 //!
 //! Keel finds them in the host device tree at boot and keeps one driver per kind it uses: an entropy source that
 //! feeds the capsules' virtio-rng devices, a disk whose extents back the capsules' virtio-blk devices, and a NIC that
-//! is the uplink of the capsules' switch. Requests poll: one is submitted and Keel waits for its completion on the
-//! hart that asked, which holds that hart for the length of one request. Only the NIC interrupts, because frames
-//! arrive when the outside world sends them; its interrupt goes to the boot hart, which drains the receive queue
-//! into the switch.
+//! is the uplink of the capsules' switch (`hostnic.rs`). Entropy and disk requests poll: one is submitted and Keel
+//! waits for its completion on the hart that asked, which holds that hart for the length of one request.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, Ordering};
 
 use keel_devicetree::HostVirtio;
 use spin::{Mutex, Once};
-use alloc::vec::Vec;
-
-use keel_virtio::Frame;
 use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
-use virtio_drivers::device::net::{TxBuffer, VirtIONet};
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::{DeviceType, Transport};
@@ -53,30 +46,13 @@ unsafe impl Hal for KeelHal {
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
 
-type Transport0 = MmioTransport<'static>;
+/// The transport of every host device: virtio-mmio, mapped for as long as the machine runs.
+pub type Transport0 = MmioTransport<'static>;
 
 /// The host's entropy device, if it has one.
 static ENTROPY: Once<Mutex<VirtIORng<KeelHal, Transport0>>> = Once::new();
 /// The host's disk, if it has one.
 static DISK: Once<Mutex<HostDisk>> = Once::new();
-
-/// The host NIC, if it has one.
-static NIC: Once<Mutex<HostNic>> = Once::new();
-
-/// Receive buffers the host NIC keeps posted; also the transmit queue's size.
-const NIC_QUEUE_SIZE: usize = 64;
-/// Bytes in one receive buffer: the virtio-net header and a full Ethernet frame, rounded up.
-const NIC_BUFFER_LEN: usize = 2048;
-/// Most frames taken from the NIC in one go, so that a flood cannot hold the boot hart indefinitely.
-const NIC_RECEIVE_BATCH: usize = 64;
-
-/// The host NIC's interrupt source (0: no NIC), readable without the NIC's lock.
-static NIC_IRQ: AtomicU32 = AtomicU32::new(0);
-
-/// The host NIC.
-pub struct HostNic {
-    driver: VirtIONet<KeelHal, Transport0, NIC_QUEUE_SIZE>,
-}
 
 /// The host disk and what Keel knows of it.
 pub struct HostDisk {
@@ -116,22 +92,17 @@ pub fn init(slots: &[HostVirtio]) {
                 }
                 Err(error) => log::warn!("virtio-blk at {:#x} could not be set up: {error}", slot.base),
             },
-            DeviceType::Network if NIC.get().is_none() => {
-                match VirtIONet::<KeelHal, _, NIC_QUEUE_SIZE>::new(transport, NIC_BUFFER_LEN) {
-                    Ok(mut driver) => {
-                        log::info!(
-                            "host NIC: virtio-net at {:#x}, MAC {}, uplink of the capsules' switch",
-                            slot.base,
-                            keel_dmfs::MacAddress(driver.mac_address())
-                        );
-                        driver.enable_interrupts();
-                        NIC.call_once(|| Mutex::new(HostNic { driver }));
-                        NIC_IRQ.store(slot.irq, Ordering::Release);
-                        crate::vnet::attach_uplink();
-                    }
-                    Err(error) => log::warn!("virtio-net at {:#x} could not be set up: {error}", slot.base),
+            DeviceType::Network if crate::hostnic::irq().is_none() => match crate::hostnic::init(transport, slot.irq) {
+                Ok(mac) => {
+                    log::info!(
+                        "host NIC: virtio-net at {:#x}, MAC {}, uplink of the capsules' switch",
+                        slot.base,
+                        keel_dmfs::MacAddress(mac)
+                    );
+                    crate::vnet::attach_uplink();
                 }
-            }
+                Err(error) => log::warn!("virtio-net at {:#x} could not be set up: {error}", slot.base),
+            },
             other => log::info!("host virtio device at {:#x} ({other:?}) is not used", slot.base),
         }
     }
@@ -199,36 +170,3 @@ fn check_range(disk: &HostDisk, sector: u64, len: usize) -> Result<(), DiskError
     }
     Ok(())
 }
-
-/// The host NIC's interrupt source, if there is a NIC.
-pub fn nic_irq() -> Option<u32> {
-    Some(NIC_IRQ.load(Ordering::Acquire)).filter(|&irq| irq != 0)
-}
-
-/// Sends one Ethernet frame through the host NIC; waits until the device has taken it. Returns false if there is no
-/// NIC or it refused the frame (the frame is lost, as on a congested wire).
-pub fn nic_send(frame: &[u8]) -> bool {
-    let Some(nic) = NIC.get() else { return false };
-    nic.lock().driver.send(TxBuffer::from(frame)).is_ok()
-}
-
-/// Acknowledges the NIC's interrupt and takes up to a batch of received frames, giving their buffers back to the
-/// device. Frames of a length no Ethernet frame has are dropped.
-pub fn nic_receive() -> Vec<Frame> {
-    let mut frames = Vec::new();
-    let Some(nic) = NIC.get() else { return frames };
-    let mut nic = nic.lock();
-    // Acknowledge first: a frame that lands after the last poll below raises the line again.
-    nic.driver.ack_interrupt();
-    while frames.len() < NIC_RECEIVE_BATCH {
-        let Ok(buffer) = nic.driver.receive() else { break };
-        if let Some(frame) = Frame::new(buffer.packet()) {
-            frames.push(frame);
-        }
-        if let Err(error) = nic.driver.recycle_rx_buffer(buffer) {
-            log::warn!("host NIC: a receive buffer could not be posted again: {error}");
-        }
-    }
-    frames
-}
-

@@ -16,6 +16,7 @@ mod firmware;
 mod guest_memory;
 mod hart;
 mod hostdev;
+mod hostnic;
 mod hostirq;
 mod manage;
 mod memory;
@@ -175,7 +176,7 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
     }
 
     hostdev::init(&platform.host.virtio_mmio);
-    if let Some(irq) = hostdev::nic_irq() {
+    if let Some(irq) = hostnic::irq() {
         if hostirq::ready() {
             hostirq::enable(irq);
         } else {

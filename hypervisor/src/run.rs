@@ -271,7 +271,7 @@ pub fn service_host_external() {
         if source == 0 {
             break;
         }
-        if Some(source) == crate::hostdev::nic_irq() {
+        if Some(source) == crate::hostnic::irq() {
             crate::vnet::service_uplink();
         } else {
             service_console_input();

@@ -19,7 +19,7 @@ use spin::{Mutex, Once};
 
 use crate::arch::csr;
 use crate::capsule::Capsule;
-use crate::{hostdev, PLATFORM};
+use crate::PLATFORM;
 
 /// Where a port's frames go.
 #[derive(Clone)]
@@ -166,7 +166,7 @@ pub fn forward(from: PortId, frames: &[Frame]) {
         match endpoint {
             Endpoint::Uplink => {
                 for index in indices {
-                    hostdev::nic_send(frames[index].as_slice());
+                    crate::hostnic::send(frames[index].as_slice());
                 }
             }
             Endpoint::Capsule(capsule) => {
@@ -182,7 +182,7 @@ pub fn forward(from: PortId, frames: &[Frame]) {
 pub fn service_uplink() {
     let uplink = uplink();
     loop {
-        let frames = hostdev::nic_receive();
+        let frames = crate::hostnic::receive();
         if frames.is_empty() {
             break;
         }
