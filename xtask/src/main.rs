@@ -7,6 +7,7 @@ mod cache;
 mod console;
 mod cpio;
 mod fuzz;
+mod guestnet;
 mod guests;
 mod images;
 mod keys;

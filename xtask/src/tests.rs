@@ -637,7 +637,7 @@ impl<'a> ScenarioContext<'a> {
             }
         }
         if scenario.expect == Expect::Network {
-            let port = network::free_host_port()?;
+            let port = crate::guestnet::free_loopback_port()?;
             command.args(qemu::net_args(&[network::web_forward(port)]));
             return self.converse_with(scenario, "", &qemu_version, command, |console, timeouts| {
                 network::drive_network(console, port, timeouts)

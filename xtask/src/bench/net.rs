@@ -7,8 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::report::{Benchmark, Figure};
+use crate::guestnet;
 use super::{
     power_off, ready_capsule, Context, Kernel, Record, HARTS, KEEL_MACHINE_MIB, PROMPT, READY,
 };
@@ -231,62 +231,6 @@ fn guest_fetch(text: &str) -> Option<GuestFetch> {
     })
 }
 
-/// The checksum in a `sha256sum` output line for `path`.
-fn checksum_for(text: &str, path: &str) -> Option<String> {
-    let mut words = text.split_whitespace();
-    let (sum, name, None) = (words.next()?, words.next()?, words.next()) else {
-        return None;
-    };
-    (name == path && sum.len() == 64 && sum.bytes().all(|byte| byte.is_ascii_hexdigit()))
-        .then(|| sum.to_ascii_lowercase())
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-enum HttpError {
-    #[error("the answer has no blank line ending its headers ({received} bytes received)")]
-    NoHeaderEnd { received: usize },
-    #[error("the status line is `{0}`, expected HTTP/1.x 200")]
-    Status(String),
-    #[error("the Content-Length header `{0}` is not a byte count")]
-    ContentLength(String),
-    #[error("the body has {received} bytes, the Content-Length header promised {declared}")]
-    BodyLength { declared: u64, received: u64 },
-}
-
-/// The body of a complete HTTP/1.x answer with status 200, checked against its Content-Length if it has one.
-fn http_body(response: &[u8]) -> Result<&[u8], HttpError> {
-    let split = response
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .ok_or(HttpError::NoHeaderEnd { received: response.len() })?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default();
-    let mut words = status.split_whitespace();
-    let (Some(version), Some("200")) = (words.next(), words.next()) else {
-        return Err(HttpError::Status(status.to_string()));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(HttpError::Status(status.to_string()));
-    }
-    let body = &response[split + 4..];
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        if name.trim().eq_ignore_ascii_case("content-length") {
-            let declared: u64 = value
-                .trim()
-                .parse()
-                .map_err(|_| HttpError::ContentLength(value.trim().to_string()))?;
-            if declared != body.len() as u64 {
-                return Err(HttpError::BodyLength { declared, received: body.len() as u64 });
-            }
-        }
-    }
-    Ok(body)
-}
-
 /// Megabytes (10^6 bytes) per second; a time the guest clock cannot tell from zero counts as its 10 ms tick.
 fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / 1e6 / seconds.max(0.01)
@@ -303,14 +247,6 @@ fn rate_values(key: &str, rates: &[f64]) -> BTreeMap<String, f64> {
         values.insert(format!("{prefix}_{}_mb_s", index + 1), *rate);
     }
     values
-}
-
-/// A free TCP port on this machine's loopback. Another program could take it before QEMU binds it; QEMU then
-/// fails with its own message about the port, and that run is recorded as failed.
-fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free TCP port on 127.0.0.1")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// A virtio-net card on QEMU's socket backend: `listen` or `connect` at 127.0.0.1:`port`. Two machines, one
@@ -421,7 +357,7 @@ fn serve(console: &mut Console, lines: Lines) -> Result<String> {
     }
     output
         .iter()
-        .find_map(|text| checksum_for(text, BLOB_PATH))
+        .find_map(|text| guestnet::sha256sum_for(text, BLOB_PATH))
         .with_context(|| format!("web printed no sha256sum line for {BLOB_PATH}: {output:?}"))
 }
 
@@ -465,32 +401,9 @@ fn host_fetches(port: u16, host: Ipv4Addr, checksum: &str) -> Result<Vec<f64>> {
 fn http_fetch(port: u16, host: Ipv4Addr) -> Result<(u64, String, f64)> {
     let path = BLOB_PATH.strip_prefix(WWW_DIR).unwrap_or(BLOB_PATH);
     let started = Instant::now();
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .with_context(|| format!("cannot connect to QEMU's port forward at 127.0.0.1:{port}"))?;
-    stream.set_read_timeout(Some(FETCH_TIMEOUT))?;
-    // One write, so the request leaves in one segment rather than one per formatted piece.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .with_context(|| format!("cannot send GET {path} through 127.0.0.1:{port}"))?;
-    let mut response = Vec::with_capacity(BLOB_BYTES as usize + 4096);
-    stream
-        .read_to_end(&mut response)
-        .with_context(|| format!("reading the answer to GET {path} through 127.0.0.1:{port}"))?;
+    let body = guestnet::http_get(port, path, host, FETCH_TIMEOUT)?;
     let seconds = started.elapsed().as_secs_f64();
-    let body = http_body(&response).with_context(|| format!("the answer to GET {path}"))?;
-    Ok((body.len() as u64, format!("{:x}", Sha256::digest(body)), seconds))
-}
-
-/// Moves console input to capsule `name` with Keel's escape `keys` and waits for Keel to say so.
-fn focus(console: &mut Console, keys: &[u8], name: &str) -> Result<()> {
-    console.send_bytes(keys)?;
-    console
-        .expect_line(&format!("Keel's focus line naming '{name}'"), COMMAND_TIMEOUT, |line| {
-            line.contains("console input now goes to capsule") && line.contains(&format!("'{name}'"))
-        })
-        .with_context(|| format!("console focus moves to {name}"))?;
-    Ok(())
+    Ok((body.len() as u64, format!("{:x}", Sha256::digest(&body)), seconds))
 }
 
 /// Boots a native guest to its shell prompt.
@@ -523,7 +436,7 @@ fn companion_log(log: &Path, name: &str) -> PathBuf {
 
 /// One Keel boot: `web` serves the file, this machine fetches it, `boot` fetches it, `boot` powers off.
 fn keel_session(qemu: &Qemu, setup: &Setup, log: &Path) -> Result<Record> {
-    let port = free_port()?;
+    let port = guestnet::free_loopback_port()?;
     with_console(setup.keel_command(qemu, port), log, "Keel's machine", |console| {
         let timeout = Kernel::Small.boot_timeout(true);
         let started = Instant::now();
@@ -542,10 +455,10 @@ fn keel_session(qemu: &Qemu, setup: &Setup, log: &Path) -> Result<Record> {
         // Let the shells print their prompts before typing.
         std::thread::sleep(Duration::from_secs(1));
         // `boot` has the focus first; Ctrl-] n moves it to the next capsule, `web`.
-        focus(console, b"\x1dn", WEB)?;
+        guestnet::move_focus(console, b"\x1dn", WEB, COMMAND_TIMEOUT)?;
         let checksum = serve(console, Lines::Tagged(WEB))?;
         let host = host_fetches(port, setup.web.address, &checksum)?;
-        focus(console, b"\x1d1", BOOT)?;
+        guestnet::move_focus(console, b"\x1d1", BOOT, COMMAND_TIMEOUT)?;
         let guest = guest_fetches(console, Lines::Tagged(BOOT), &setup.fetch_command())?;
         console.expect(PROMPT, COMMAND_TIMEOUT).context("boot's prompt after the fetches")?;
         power_off(console)?;
@@ -557,7 +470,7 @@ fn keel_session(qemu: &Qemu, setup: &Setup, log: &Path) -> Result<Record> {
 
 /// The native baseline to this machine: `web` alone on QEMU user networking with the same port forward.
 fn native_host_session(qemu: &Qemu, setup: &Setup, log: &Path) -> Result<Record> {
-    let port = free_port()?;
+    let port = guestnet::free_loopback_port()?;
     with_console(setup.native_host_command(qemu, port), log, "web", |console| {
         native_ready(console)?;
         let checksum = serve(console, Lines::Untagged)?;
@@ -570,7 +483,7 @@ fn native_host_session(qemu: &Qemu, setup: &Setup, log: &Path) -> Result<Record>
 
 /// The native baseline between guests: `web` and `boot` as two QEMU machines on one socket-backed segment.
 fn native_pair_session(qemu: &Qemu, setup: &Setup, log: &Path) -> Result<Record> {
-    let port = free_port()?;
+    let port = guestnet::free_loopback_port()?;
     let [web_command, boot_command] = setup.native_pair_commands(qemu, port);
     let web_log = companion_log(log, WEB);
     let guest = with_console(web_command, &web_log, WEB, |web| {
@@ -631,7 +544,7 @@ impl Context<'_> {
             "CPUs and memory: under Keel the machine has {HARTS} harts and {KEEL_MACHINE_MIB} MiB, and each capsule 1 vCPU and {} MiB (manifest {MANIFEST}.toml); natively each guest is a 1-hart machine with its capsule's memory. The capsule-to-capsule baseline thus also emulates 2 harts in all (two 1-hart QEMUs), on this host's {cores} core(s); the to-this-machine baseline is one 1-hart QEMU, while Keel's machine also runs the idle boot capsule on its second hart",
             setup.web.memory_mib
         ));
-        let example_port = free_port().unwrap_or(8080);
+        let example_port = guestnet::free_loopback_port().unwrap_or(8080);
         benchmark
             .commands
             .insert(KEEL.to_string(), shell::describe(&setup.keel_command(&self.qemu, example_port)));
@@ -667,6 +580,9 @@ impl Context<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpListener;
+
     use super::*;
 
     fn defines() -> Vec<(String, String)> {
@@ -787,47 +703,6 @@ mod tests {
         assert_eq!(guest_fetch("net-fetch 0 36.14 end"), None);
         assert_eq!(guest_fetch("net-fetch 0 36.94 36.14 end"), None, "the clock does not run backwards");
         assert_eq!(guest_fetch("net-fetch 0 NaN 36.14 end"), None);
-    }
-
-    #[test]
-    fn checksums_are_taken_from_sha256sum_lines_for_the_file() {
-        let sum = "a38e9f78de1ef69cf955df77f15298509aaa4d527699c92e8c636a766e52f008";
-        assert_eq!(checksum_for(&format!("{sum}  /tmp/www/blob"), BLOB_PATH).as_deref(), Some(sum));
-        assert_eq!(checksum_for(&format!("{}  /tmp/www/blob", sum.to_uppercase()), BLOB_PATH).as_deref(), Some(sum));
-        assert_eq!(checksum_for(&format!("{sum}  /tmp/other"), BLOB_PATH), None);
-        assert_eq!(checksum_for(&format!("{}  /tmp/www/blob", &sum[..63]), BLOB_PATH), None);
-        assert_eq!(checksum_for(&format!("{}g  /tmp/www/blob", &sum[..63]), BLOB_PATH), None);
-        assert_eq!(checksum_for(&format!("{sum}  /tmp/www/blob extra"), BLOB_PATH), None);
-        assert_eq!(checksum_for("", BLOB_PATH), None);
-    }
-
-    #[test]
-    fn http_answers_give_their_body_or_say_what_is_wrong() {
-        let good = b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 5\r\n\r\nhello";
-        assert_eq!(http_body(good), Ok(&b"hello"[..]));
-        let lower = b"HTTP/1.1 200 OK\r\ncontent-length:  3 \r\n\r\nabc";
-        assert_eq!(http_body(lower), Ok(&b"abc"[..]));
-        // Without Content-Length the body is whatever came before the connection closed.
-        assert_eq!(http_body(b"HTTP/1.0 200 OK\r\n\r\nxyz"), Ok(&b"xyz"[..]));
-        assert_eq!(
-            http_body(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
-            Err(HttpError::BodyLength { declared: 10, received: 5 })
-        );
-        assert_eq!(
-            http_body(b"HTTP/1.0 404 Not Found\r\n\r\n"),
-            Err(HttpError::Status("HTTP/1.0 404 Not Found".into()))
-        );
-        assert_eq!(http_body(b"SSH-2.0 200 x\r\n\r\n"), Err(HttpError::Status("SSH-2.0 200 x".into())));
-        assert_eq!(
-            http_body(b"HTTP/1.0 200 OK\r\nContent-Length: many\r\n\r\n"),
-            Err(HttpError::ContentLength("many".into()))
-        );
-        assert_eq!(http_body(b"HTTP/1.0 200 OK\r\n"), Err(HttpError::NoHeaderEnd { received: 17 }));
-        assert_eq!(http_body(b""), Err(HttpError::NoHeaderEnd { received: 0 }));
-        assert_eq!(
-            HttpError::BodyLength { declared: 10, received: 5 }.to_string(),
-            "the body has 5 bytes, the Content-Length header promised 10"
-        );
     }
 
     #[test]

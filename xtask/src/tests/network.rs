@@ -3,8 +3,6 @@
 //! spoofing attempt, a 10 MiB copy between the capsules and to this machine, a DHCP lease through the uplink, and
 //! a stop and start of `web`.
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -12,6 +10,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{run_in, wait_all_ready, Timeouts};
 use crate::console::Console;
+use crate::guestnet;
 
 /// The capsules' addresses, as net.toml gives them.
 pub const BOOT_ADDRESS: &str = "10.0.2.15";
@@ -27,24 +26,6 @@ const BLOB_MIB: u64 = 10;
 /// QEMU's forward from 127.0.0.1:`host_port` to web's HTTP server.
 pub fn web_forward(host_port: u16) -> crate::qemu::Forward {
     crate::qemu::Forward { host_port, guest_address: WEB_ADDRESS.parse().expect("a valid address"), guest_port: WEB_PORT }
-}
-
-/// A free TCP port on this machine's loopback for QEMU's port forward. Another program could take it between
-/// this call and QEMU's start; the scenario would then fail with QEMU's own message about the port.
-pub fn free_host_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free TCP port on 127.0.0.1")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Moves console input to capsule `name` (the next one after the focused capsule) and waits for Keel to say so.
-fn focus_next(console: &mut Console, name: &str, timeouts: &Timeouts) -> Result<()> {
-    console.send_bytes(b"\x1dn")?;
-    console
-        .expect_line(&format!("Keel's focus line naming {name}"), timeouts.command, |line| {
-            line.contains("console input now goes to capsule") && line.contains(&format!("'{name}'"))
-        })
-        .with_context(|| format!("focus moves to {name}"))?;
-    Ok(())
 }
 
 /// Runs `command` in `capsule` and insists on exit status 0.
@@ -65,37 +46,17 @@ fn ping(console: &mut Console, capsule: &str, address: &str, timeouts: &Timeouts
     Ok(())
 }
 
-/// The checksum `sha256sum` printed for `path`.
+/// The checksum `sha256sum` printed for `path` among `lines`.
 fn checksum_line(lines: &[String], path: &str) -> Result<String> {
     lines
         .iter()
-        .find_map(|line| {
-            let (sum, name) = line.split_once(' ')?;
-            (name.trim() == path && sum.len() == 64).then(|| sum.to_string())
-        })
+        .find_map(|line| guestnet::sha256sum_for(line, path))
         .with_context(|| format!("no sha256sum line for {path} in {lines:?}"))
 }
 
-/// Fetches `path` over HTTP/1.0 from 127.0.0.1:`port` and returns the body.
+/// GETs `path` from web through the port forward at 127.0.0.1:`port`.
 fn http_get(port: u16, path: &str, timeout: Duration) -> Result<Vec<u8>> {
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .with_context(|| format!("cannot connect to QEMU's port forward at 127.0.0.1:{port}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {WEB_ADDRESS}\r\n\r\n")?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .with_context(|| format!("reading the answer to GET {path} through 127.0.0.1:{port}"))?;
-    let split = response
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .with_context(|| format!("the answer to GET {path} has no end of headers ({} bytes)", response.len()))?;
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        bail!("GET {path} answered `{status}`, expected status 200");
-    }
-    Ok(response[split + 4..].to_vec())
+    guestnet::http_get(port, path, WEB_ADDRESS.parse()?, timeout)
 }
 
 /// The conversation of the network scenario. `host_port` is the forward to `web`'s HTTP server.
@@ -107,7 +68,7 @@ pub fn drive_network(console: &mut Console, host_port: u16, timeouts: &Timeouts)
     // The boot capsule has the focus first.
     ping(console, "boot", WEB_ADDRESS, timeouts).context("boot pings web across Keel's switch")?;
 
-    focus_next(console, "web", timeouts)?;
+    guestnet::move_focus(console, b"\x1dn", "web", timeouts.command)?;
     ping(console, "web", BOOT_ADDRESS, timeouts).context("web pings boot across Keel's switch")?;
 
     // Anti-spoofing: with the boot capsule's MAC as its source, web's frames are dropped by the switch, so it
@@ -136,12 +97,7 @@ pub fn drive_network(console: &mut Console, host_port: u16, timeouts: &Timeouts)
     let blob_sum = checksum_line(&served, "/tmp/www/blob")?;
 
     // Back to the boot capsule, which copies the file from web over TCP.
-    console.send_bytes(b"\x1d1")?;
-    console
-        .expect_line("focus back on the boot capsule", timeouts.command, |line| {
-            line.contains("console input now goes to capsule") && line.contains("'boot'")
-        })
-        .context("focus returns to the boot capsule")?;
+    guestnet::move_focus(console, b"\x1d1", "boot", timeouts.command)?;
     let started = Instant::now();
     let fetched = succeed(
         console,
