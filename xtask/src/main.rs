@@ -78,7 +78,7 @@ struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     reps: Option<u32>,
     /// Run only the benchmarks whose names contain NAME (repeatable): boot-small, boot-debian,
-    /// sbi-mmio, exits-small, exits-debian, footprint, scale.
+    /// sbi-mmio, exits-small, exits-debian, footprint, scale, io-disk, io-net.
     #[arg(long, value_name = "NAME")]
     only: Vec<String>,
     /// Seconds the exit benchmarks stay idle or busy (default 10; 4 with --quick).

@@ -1,12 +1,17 @@
 //! Capsule disks: round trips through the writer and parser, and every disk rule both of them enforce.
 
+mod common;
+
+use common::{
+    build, field_error, get_u64, parse_changed, record_base, reseal, set_u32, set_u64, XorShift,
+    MIB,
+};
 use keel_dmfs::layout::{disk, header, record, DISK_ENTRY_SIZE, HEADER_SIZE, RECORD_SIZE};
 use keel_dmfs::{
-    checksum, BuildError, CapsuleProblem, CapsuleSpec, Disk, DiskLocation, DiskName, DiskProblem,
-    DiskSpec, Field, FieldProblem, FormatError, Image, ImageBuilder,
+    BuildError, CapsuleProblem, CapsuleSpec, Disk, DiskLocation, DiskName, DiskProblem, DiskSpec,
+    Field, FieldProblem, FormatError, Image,
 };
 
-const MIB: u64 = 1 << 20;
 /// Sectors per MiB.
 const SECTORS_PER_MIB: u64 = MIB / 512;
 
@@ -44,37 +49,8 @@ fn bravo() -> CapsuleSpec {
     )
 }
 
-fn build(capsules: Vec<CapsuleSpec>) -> Result<Vec<u8>, BuildError> {
-    capsules
-        .into_iter()
-        .try_fold(ImageBuilder::new(), ImageBuilder::capsule)?
-        .build()
-}
-
 fn valid_image() -> Vec<u8> {
     build(vec![alpha(), spec("plain", Vec::new()), bravo()]).expect("valid capsules build")
-}
-
-fn get_u64(image: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(image[offset..offset + 8].try_into().unwrap())
-}
-
-fn set_u32(image: &mut [u8], offset: usize, value: u32) {
-    image[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
-}
-
-fn set_u64(image: &mut [u8], offset: usize, value: u64) {
-    image[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
-}
-
-fn reseal(image: &mut [u8]) {
-    let length = get_u64(image, header::IMAGE_LENGTH) as usize;
-    let sum = checksum(&image[..length.min(image.len())]);
-    set_u32(image, header::CHECKSUM, sum);
-}
-
-fn record_base(image: &[u8], capsule: usize) -> usize {
-    get_u64(image, header::TABLE_OFFSET) as usize + capsule * RECORD_SIZE
 }
 
 /// Offset of entry `index` of the disk table of capsule `capsule`.
@@ -85,10 +61,7 @@ fn entry(image: &[u8], capsule: usize, index: usize) -> usize {
 
 /// Applies `change` to the valid image, reseals it and returns the parse result.
 fn corrupt(change: impl FnOnce(&mut Vec<u8>)) -> Result<(), FormatError> {
-    let mut image = valid_image();
-    change(&mut image);
-    reseal(&mut image);
-    Image::parse(&image).map(|_| ())
+    parse_changed(valid_image(), change)
 }
 
 fn disk_error(capsule: u32, disk: u8, problem: DiskProblem) -> Result<(), FormatError> {
@@ -620,11 +593,7 @@ fn parser_refuses_duplicate_disk_names() {
 }
 
 fn table_error(capsule: u32, problem: FieldProblem) -> Result<(), FormatError> {
-    Err(FormatError::Field {
-        capsule,
-        field: Field::DiskTable,
-        problem,
-    })
+    field_error(capsule, Field::DiskTable, problem)
 }
 
 #[test]
@@ -746,22 +715,6 @@ fn parser_refuses_bad_disk_tables() {
             }
         })
     );
-}
-
-/// Small deterministic generator so the corruption loop is reproducible.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
 }
 
 #[test]

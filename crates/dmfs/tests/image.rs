@@ -1,12 +1,16 @@
 //! Round trips through the writer and parser, and every kind of corruption the parser must catch.
 
+mod common;
+
+use common::{
+    build, field_error, get_u64, parse_changed, record_base, reseal, set_u16, set_u32, set_u64,
+    XorShift, MIB,
+};
 use keel_dmfs::layout::{self, flags, header, record, HEADER_SIZE, RECORD_SIZE};
 use keel_dmfs::{
-    checksum, BuildError, CapsuleProblem, CapsuleSpec, Field, FieldProblem, FormatError, Image,
-    ImageBuilder, KernelFormat, RestartPolicy,
+    BuildError, CapsuleProblem, CapsuleSpec, Field, FieldProblem, FormatError, Image, ImageBuilder,
+    KernelFormat, RestartPolicy,
 };
-
-const MIB: u64 = 1 << 20;
 
 fn kernel(seed: u8, length: usize) -> Vec<u8> {
     (0..length)
@@ -44,46 +48,12 @@ fn second_spec() -> CapsuleSpec {
 }
 
 fn valid_image() -> Vec<u8> {
-    ImageBuilder::new()
-        .capsule(boot_spec())
-        .and_then(|builder| builder.capsule(second_spec()))
-        .and_then(|builder| builder.build())
-        .expect("valid capsules build")
-}
-
-fn get_u64(image: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(image[offset..offset + 8].try_into().unwrap())
-}
-
-fn set_u16(image: &mut [u8], offset: usize, value: u16) {
-    image[offset..offset + 2].copy_from_slice(&value.to_le_bytes());
-}
-
-fn set_u32(image: &mut [u8], offset: usize, value: u32) {
-    image[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
-}
-
-fn set_u64(image: &mut [u8], offset: usize, value: u64) {
-    image[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
-}
-
-/// Recomputes the checksum so a test reaches the checks behind it.
-fn reseal(image: &mut [u8]) {
-    let length = get_u64(image, header::IMAGE_LENGTH) as usize;
-    let sum = checksum(&image[..length.min(image.len())]);
-    set_u32(image, header::CHECKSUM, sum);
-}
-
-fn record_base(image: &[u8], index: usize) -> usize {
-    get_u64(image, header::TABLE_OFFSET) as usize + index * RECORD_SIZE
+    build(vec![boot_spec(), second_spec()]).expect("valid capsules build")
 }
 
 /// Applies `change` to a valid image, reseals it and returns the parse result.
 fn corrupt(change: impl FnOnce(&mut Vec<u8>)) -> Result<(), FormatError> {
-    let mut image = valid_image();
-    change(&mut image);
-    reseal(&mut image);
-    Image::parse(&image).map(|_| ())
+    parse_changed(valid_image(), change)
 }
 
 #[test]
@@ -368,14 +338,6 @@ fn rejects_bad_capsule_table() {
         corrupt(|i| set_u64(i, header::TABLE_OFFSET, far)),
         Err(FormatError::TableOutOfRange { offset, .. }) if offset == far
     ));
-}
-
-fn field_error(capsule: u32, field: Field, problem: FieldProblem) -> Result<(), FormatError> {
-    Err(FormatError::Field {
-        capsule,
-        field,
-        problem,
-    })
 }
 
 #[test]
@@ -766,22 +728,6 @@ fn builder_enforces_the_capsule_limit() {
     let bytes = builder.build().unwrap();
     let image = Image::parse(&bytes).unwrap();
     assert_eq!(image.capsules().count(), layout::MAX_CAPSULES as usize);
-}
-
-/// Small deterministic generator so the corruption loop is reproducible.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
 }
 
 /// Everything a successfully parsed image hands out must obey the documented guarantees.

@@ -1,13 +1,13 @@
 //! Capsule MAC addresses (format version 3): round trips, older versions, and every MAC rule the
 //! writer and the parser enforce.
 
-use keel_dmfs::layout::{header, record, MAX_CAPSULES, RECORD_SIZE};
-use keel_dmfs::{
-    check_mac, checksum, BuildError, CapsuleProblem, CapsuleSpec, FormatError, Image, ImageBuilder,
-    MacAddress,
-};
+mod common;
 
-const MIB: u64 = 1 << 20;
+use common::{build, parse_changed, record_base, reseal, XorShift, MIB};
+use keel_dmfs::layout::{header, record, MAX_CAPSULES};
+use keel_dmfs::{
+    check_mac, BuildError, CapsuleProblem, CapsuleSpec, FormatError, Image, MacAddress,
+};
 
 const ALPHA_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 const CHARLIE_MAC: [u8; 6] = [0x02, 0x4b, 0x45, 0x45, 0x4c, 0xff];
@@ -22,13 +22,6 @@ fn spec(name: &str, mac: Option<[u8; 6]>) -> CapsuleSpec {
     }
 }
 
-fn build(capsules: Vec<CapsuleSpec>) -> Result<Vec<u8>, BuildError> {
-    capsules
-        .into_iter()
-        .try_fold(ImageBuilder::new(), ImageBuilder::capsule)?
-        .build()
-}
-
 /// Three capsules: the first and the last with a network card, the middle one without.
 fn valid_image() -> Vec<u8> {
     build(vec![
@@ -39,27 +32,14 @@ fn valid_image() -> Vec<u8> {
     .expect("valid capsules build")
 }
 
-fn get_u64(image: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(image[offset..offset + 8].try_into().unwrap())
-}
-
-fn reseal(image: &mut [u8]) {
-    let length = get_u64(image, header::IMAGE_LENGTH) as usize;
-    let sum = checksum(&image[..length]);
-    image[header::CHECKSUM..header::CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
-}
-
 /// Offset of capsule `capsule`'s MAC field.
 fn mac_at(image: &[u8], capsule: usize) -> usize {
-    get_u64(image, header::TABLE_OFFSET) as usize + capsule * RECORD_SIZE + record::MAC
+    record_base(image, capsule) + record::MAC
 }
 
 /// Applies `change` to the valid image, reseals it and returns the parse result.
 fn corrupt(change: impl FnOnce(&mut Vec<u8>)) -> Result<(), FormatError> {
-    let mut image = valid_image();
-    change(&mut image);
-    reseal(&mut image);
-    Image::parse(&image).map(|_| ())
+    parse_changed(valid_image(), change)
 }
 
 #[test]
@@ -361,22 +341,6 @@ fn public_helpers_agree_with_the_parser() {
     assert_eq!(check_mac(ALPHA_MAC), Ok(()));
     assert_eq!(check_mac([0; 6]), Err(CapsuleProblem::ZeroMac));
     assert!(MacAddress([0x33, 0x33, 0, 0, 0, 1]).is_multicast());
-}
-
-/// Small deterministic generator so the corruption loop is reproducible.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
 }
 
 #[test]

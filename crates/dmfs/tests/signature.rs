@@ -1,13 +1,14 @@
 //! Signing and verifying images: round trips, tampering, the wrong key, unsigned images.
 
+mod common;
+
+use common::{build, reseal, XorShift, MIB};
 use ed25519_dalek::{Signature, VerifyingKey};
 use keel_dmfs::layout::{header, HEADER_SIZE, KEY_LEN, SIGNATURE_ED25519};
 use keel_dmfs::{
-    checksum, public_key, sign, verify, CapsuleSpec, FormatError, Image, ImageBuilder, KeyId,
-    SignatureError, SignatureScheme,
+    public_key, sign, verify, CapsuleSpec, FormatError, Image, KeyId, SignatureError,
+    SignatureScheme,
 };
-
-const MIB: u64 = 1 << 20;
 
 /// RFC 8032, section 7.1, test 1: a known secret seed and its public key.
 const RFC_SECRET: [u8; KEY_LEN] = [
@@ -22,18 +23,16 @@ const OTHER_SECRET: [u8; KEY_LEN] = [0x42; KEY_LEN];
 
 fn unsigned_image() -> Vec<u8> {
     let kernel: Vec<u8> = (0..6000u32).map(|index| (index * 7) as u8).collect();
-    ImageBuilder::new()
-        .capsule(CapsuleSpec {
-            name: "boot".into(),
-            kernel,
-            initrd: Some(vec![0x5a; 2000]),
-            cmdline: "console=ttyS0".into(),
-            memory: 64 * MIB,
-            boot: true,
-            ..CapsuleSpec::default()
-        })
-        .and_then(|builder| builder.build())
-        .expect("a valid capsule builds")
+    build(vec![CapsuleSpec {
+        name: "boot".into(),
+        kernel,
+        initrd: Some(vec![0x5a; 2000]),
+        cmdline: "console=ttyS0".into(),
+        memory: 64 * MIB,
+        boot: true,
+        ..CapsuleSpec::default()
+    }])
+    .expect("a valid capsule builds")
 }
 
 fn signed_image() -> Vec<u8> {
@@ -47,11 +46,6 @@ fn kernel_offset(image: &[u8]) -> usize {
     let parsed = Image::parse(image).unwrap();
     let kernel = parsed.boot_capsule().unwrap().kernel;
     kernel.as_ptr() as usize - image.as_ptr() as usize
-}
-
-fn reseal(image: &mut [u8]) {
-    let sum = checksum(image);
-    image[header::CHECKSUM..header::CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
 }
 
 #[test]
@@ -316,11 +310,9 @@ fn signed_images_keep_reserved_bytes_zero() {
 #[test]
 fn random_flips_never_verify() {
     let original = signed_image();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = XorShift(0x2545_f491_4f6c_dd1d);
     for _ in 0..200 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
+        let state = random.next();
         let position = (state % original.len() as u64) as usize;
         let bit = (state >> 32) % 8;
         let mut image = original.clone();
