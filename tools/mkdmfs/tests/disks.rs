@@ -1,55 +1,14 @@
 //! `[[capsule.disk]]` entries: what builds, what every disk mistake is reported as, and that the
 //! manifests shipped in guests/manifests still build.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
+use common::{build_next_to_kernel, check, linux_image, refusal, TempDir, MIB};
 use keel_dmfs::{Disk, Image};
-use mkdmfs::{check_manifest, parse_manifest, Defines, ManifestError};
-
-const MIB: u64 = 1 << 20;
-
-/// A folder under the system temporary folder, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("mkdmfs-disks-test-{}-{unique}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, bytes).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A RISC-V Linux Image: a valid 64-byte header asking for `image_size` bytes, padded to 8 KiB.
-fn linux_image(image_size: u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; 64];
-    bytes[0..4].copy_from_slice(&0x0400_006fu32.to_le_bytes());
-    bytes[8..16].copy_from_slice(&0x20_0000u64.to_le_bytes());
-    bytes[16..24].copy_from_slice(&image_size.to_le_bytes());
-    bytes[32..36].copy_from_slice(&2u32.to_le_bytes());
-    bytes[48..56].copy_from_slice(b"RISCV\0\0\0");
-    bytes[56..60].copy_from_slice(b"RSC\x05");
-    bytes.resize(8192, 0x13);
-    bytes
-}
+use mkdmfs::{parse_manifest, Defines, ManifestError};
 
 /// Two capsules (the second without a `boot`), followed by `disks` verbatim.
 fn manifest_with(disks: &str) -> String {
@@ -59,30 +18,8 @@ fn manifest_with(disks: &str) -> String {
     )
 }
 
-/// Runs the file-less checks over a manifest text that must be valid TOML.
-fn check(text: &str) -> Result<(), ManifestError> {
-    let manifest = parse_manifest(text).expect("valid TOML");
-    check_manifest(&manifest, Path::new("/nonexistent"), &Defines::new())
-}
-
-/// The message of the error `text` must produce; the full build gives the same one.
-fn refusal(text: &str) -> String {
-    let error = check(text).expect_err("the manifest was accepted");
-    let dir = TempDir::new();
-    dir.write("Image", &linux_image(4 * MIB));
-    let path = dir.write("keel.toml", text.as_bytes());
-    let built = mkdmfs::build_from_manifest(&path, &[]).expect_err("the build was accepted");
-    assert!(
-        format!("{built:#}").ends_with(&error.to_string()),
-        "{built:#} / {error}"
-    );
-    error.to_string()
-}
-
 #[test]
 fn disks_build_into_the_image() {
-    let dir = TempDir::new();
-    dir.write("Image", &linux_image(4 * MIB));
     // Integers and sizes with suffixes; extents that touch; a name reused by another capsule.
     let text = manifest_with(
         "[[capsule.disk]]\nname = \"data\"\nstart = \"64M\"\nsize = \"64M\"\n\
@@ -92,8 +29,7 @@ fn disks_build_into_the_image() {
         "boot = true\n",
         "boot = true\n[[capsule.disk]]\nname = \"data\"\nstart = \"128M\"\nsize = \"4K\"\nread-only = false\n",
     );
-    let path = dir.write("keel.toml", text.as_bytes());
-    let built = mkdmfs::build(&path, &Defines::new()).unwrap();
+    let built = build_next_to_kernel(&text);
     let summary = built.capsules[1].to_string();
     assert!(
         summary.ends_with(", disk data 64 MiB at 64 MiB, disk base 64 MiB at 0 bytes read-only"),
@@ -294,7 +230,7 @@ fn unknown_disk_keys_are_refused() {
 fn shipped_manifests_still_build() {
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests/manifests");
     let images = TempDir::new();
-    let kernel = linux_image(8 * MIB);
+    let kernel = linux_image(8 * MIB, 8192);
     for path in ["small/Image", "debian/Image"] {
         images.write(path, &kernel);
     }
@@ -304,10 +240,10 @@ fn shipped_manifests_still_build() {
     // The flat test guests xtask builds into `${guests}`.
     images.write("guests/hostile.bin", &[0x73, 0x00, 0x50, 0x10]);
     let defines: Defines = [
-        ("images".to_owned(), images.0.display().to_string()),
+        ("images".to_owned(), images.path().display().to_string()),
         (
             "guests".to_owned(),
-            images.0.join("guests").display().to_string(),
+            images.path().join("guests").display().to_string(),
         ),
     ]
     .into();

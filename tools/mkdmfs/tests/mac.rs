@@ -1,54 +1,11 @@
 //! The `mac` key of `[[capsule]]`: what builds, how it is summarised, and what every MAC mistake is
 //! reported as.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
 
+use common::{build_next_to_kernel, check, refusal};
 use keel_dmfs::{CapsuleProblem, Image};
-use mkdmfs::{check_manifest, parse_mac, parse_manifest, CapsuleError, Defines, ManifestError};
-
-const MIB: u64 = 1 << 20;
-
-/// A folder under the system temporary folder, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("mkdmfs-mac-test-{}-{unique}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        fs::write(&path, bytes).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A RISC-V Linux Image: a valid 64-byte header asking for `image_size` bytes, padded to 8 KiB.
-fn linux_image(image_size: u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; 64];
-    bytes[0..4].copy_from_slice(&0x0400_006fu32.to_le_bytes());
-    bytes[8..16].copy_from_slice(&0x20_0000u64.to_le_bytes());
-    bytes[16..24].copy_from_slice(&image_size.to_le_bytes());
-    bytes[32..36].copy_from_slice(&2u32.to_le_bytes());
-    bytes[48..56].copy_from_slice(b"RISCV\0\0\0");
-    bytes[56..60].copy_from_slice(b"RSC\x05");
-    bytes.resize(8192, 0x13);
-    bytes
-}
+use mkdmfs::{parse_mac, parse_manifest, CapsuleError, ManifestError};
 
 /// Three capsules, "alpha" (the boot capsule), "beta" and "gamma", with the given `mac` lines
 /// (empty for none).
@@ -60,26 +17,6 @@ fn manifest(alpha: &str, beta: &str, gamma: &str) -> String {
     )
 }
 
-/// Runs the file-less checks over a manifest text that must be valid TOML.
-fn check(text: &str) -> Result<(), ManifestError> {
-    let manifest = parse_manifest(text).expect("valid TOML");
-    check_manifest(&manifest, Path::new("/nonexistent"), &Defines::new())
-}
-
-/// The message of the error `text` must produce; the full build gives the same one.
-fn refusal(text: &str) -> String {
-    let error = check(text).expect_err("the manifest was accepted");
-    let dir = TempDir::new();
-    dir.write("Image", &linux_image(4 * MIB));
-    let path = dir.write("keel.toml", text.as_bytes());
-    let built = mkdmfs::build_from_manifest(&path, &[]).expect_err("the build was accepted");
-    assert!(
-        format!("{built:#}").ends_with(&error.to_string()),
-        "{built:#} / {error}"
-    );
-    error.to_string()
-}
-
 /// The refusal of a manifest whose capsule "beta" has `mac = <value>`.
 fn mac_refusal(value: &str) -> String {
     refusal(&manifest("", &format!("mac = {value}"), ""))
@@ -87,16 +24,13 @@ fn mac_refusal(value: &str) -> String {
 
 #[test]
 fn macs_build_into_the_image_and_the_summary() {
-    let dir = TempDir::new();
-    dir.write("Image", &linux_image(4 * MIB));
     // Lower case, upper case and mixed case all read the same way.
     let text = manifest(
         "mac = \"02:00:00:00:00:01\"",
         "",
         "mac = \"02:AB:cd:Ef:00:0F\"",
     );
-    let path = dir.write("keel.toml", text.as_bytes());
-    let built = mkdmfs::build(&path, &Defines::new()).unwrap();
+    let built = build_next_to_kernel(&text);
 
     let summaries: Vec<String> = built.capsules.iter().map(ToString::to_string).collect();
     assert!(
@@ -134,15 +68,12 @@ fn macs_build_into_the_image_and_the_summary() {
 
 #[test]
 fn the_summary_puts_the_mac_before_the_disks() {
-    let dir = TempDir::new();
-    dir.write("Image", &linux_image(4 * MIB));
     let text = manifest(
         "mac = \"02:00:00:00:00:01\"\n[[capsule.disk]]\nname = \"data\"\nstart = 0\nsize = \"4K\"",
         "",
         "",
     );
-    let path = dir.write("keel.toml", text.as_bytes());
-    let built = mkdmfs::build(&path, &Defines::new()).unwrap();
+    let built = build_next_to_kernel(&text);
     let summary = built.capsules[0].to_string();
     assert!(
         summary.ends_with(", mac 02:00:00:00:00:01, disk data 4 KiB at 0 bytes"),

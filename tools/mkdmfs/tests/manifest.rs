@@ -1,65 +1,14 @@
 //! Builds images from manifests in temporary folders, and checks that every mistake is reported
 //! with the capsule it belongs to.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::{folder_with_kernel, linux_image, TempDir, MIB};
 use keel_dmfs::{Image, KernelFormat, RestartPolicy};
-
-const MIB: u64 = 1 << 20;
-
-/// A folder under the system temporary folder, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("mkdmfs-test-{}-{unique}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).unwrap();
-        }
-        fs::write(&path, bytes).unwrap();
-        path
-    }
-
-    fn manifest(&self, text: &str) -> PathBuf {
-        self.write("keel.toml", text.as_bytes())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A RISC-V Linux Image: a valid 64-byte header followed by `file_len - 64` bytes of filler.
-fn linux_image(image_size: u64, file_len: usize) -> Vec<u8> {
-    let mut bytes = vec![0u8; 64];
-    bytes[0..4].copy_from_slice(&0x0400_006fu32.to_le_bytes());
-    bytes[8..16].copy_from_slice(&0x20_0000u64.to_le_bytes());
-    bytes[16..24].copy_from_slice(&image_size.to_le_bytes());
-    bytes[32..36].copy_from_slice(&2u32.to_le_bytes());
-    bytes[48..56].copy_from_slice(b"RISCV\0\0\0");
-    bytes[56..60].copy_from_slice(b"RSC\x05");
-    bytes.resize(file_len, 0x13);
-    bytes
-}
 
 fn defines(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -78,10 +27,7 @@ fn error_of(manifest: &Path, pairs: &[(&str, &str)]) -> String {
 
 /// A folder with a valid kernel at `boot/Image` and a manifest made of `text`.
 fn setup(text: &str) -> (TempDir, PathBuf) {
-    let dir = TempDir::new();
-    dir.write("boot/Image", &linux_image(4 * MIB, 8192));
-    let manifest = dir.manifest(text);
-    (dir, manifest)
+    folder_with_kernel("boot/Image", text)
 }
 
 fn assert_contains(message: &str, parts: &[&str]) {
@@ -524,8 +470,9 @@ const SECRET_KEY: [u8; 32] = [7; 32];
 
 #[test]
 fn signed_build_verifies_with_the_matching_public_key_only() {
-    let (_dir, manifest) =
-        setup("[[capsule]]\nname = \"boot\"\nkernel = \"boot/Image\"\nmemory = \"64M\"\nboot = true\n");
+    let (_dir, manifest) = setup(
+        "[[capsule]]\nname = \"boot\"\nkernel = \"boot/Image\"\nmemory = \"64M\"\nboot = true\n",
+    );
     let public = keel_dmfs::public_key(&SECRET_KEY);
     let signed = mkdmfs::build_signed_from_manifest(&manifest, &[], &SECRET_KEY).unwrap();
     assert_eq!(keel_dmfs::verify(&signed, &public), Ok(()));
@@ -576,8 +523,9 @@ fn key_files_must_hold_exactly_one_key() {
 
 #[test]
 fn command_line_tool_signs_with_sign_key() {
-    let (dir, manifest) =
-        setup("[[capsule]]\nname = \"boot\"\nkernel = \"boot/Image\"\nmemory = \"64M\"\nboot = true\n");
+    let (dir, manifest) = setup(
+        "[[capsule]]\nname = \"boot\"\nkernel = \"boot/Image\"\nmemory = \"64M\"\nboot = true\n",
+    );
     let key = dir.write("keel-signing.secret", &SECRET_KEY);
     let public = keel_dmfs::public_key(&SECRET_KEY);
     let run = |sign_key: Option<&Path>, output: &Path| {
