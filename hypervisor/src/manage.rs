@@ -184,33 +184,40 @@ fn list() -> String {
     let now = csr::time::read();
     let timebase = PLATFORM.get().map_or(10_000_000, |p| p.host.timebase_frequency).max(1);
     let mut text = String::new();
-    let _ = writeln!(text, "{:<4} {:<16} {:<8} {:>5} {:>9} {:>9}", "ID", "NAME", "STATE", "VCPUS", "MEMORY", "UPTIME");
+    let _ = writeln!(
+        text,
+        "{:<4} {:<16} {:<8} {:>5} {:>9} {:>9}  {}",
+        "ID", "NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "MAC"
+    );
+    let mac = |mac: Option<[u8; 6]>| mac.map_or(String::from("-"), |mac| alloc::format!("{}", keel_dmfs::MacAddress(mac)));
     let running: alloc::vec::Vec<Arc<Capsule>> = CAPSULES.lock().iter().cloned().collect();
     for capsule in &running {
         let started = capsule.vcpus.iter().filter(|v| v.state() == RunState::Started).count();
         let uptime = now.saturating_sub(capsule.started_at.load(Ordering::Acquire)) / timebase;
         let _ = writeln!(
             text,
-            "{:<4} {:<16} {:<8} {:>5} {:>7}Mi {:>8}s",
+            "{:<4} {:<16} {:<8} {:>5} {:>7}Mi {:>8}s  {}",
             capsule.id,
             capsule.name,
             if started > 0 { "running" } else { "starting" },
             capsule.vcpus.len(),
             capsule.memory.size() >> 20,
-            uptime
+            uptime,
+            mac(capsule.definition.mac)
         );
     }
     if let Some(image) = crate::bundled_image() {
         for entry in image.capsules().filter(|e| !running.iter().any(|c| c.name == e.name)) {
             let _ = writeln!(
                 text,
-                "{:<4} {:<16} {:<8} {:>5} {:>7}Mi {:>9}",
+                "{:<4} {:<16} {:<8} {:>5} {:>7}Mi {:>9}  {}",
                 "-",
                 entry.name,
                 "stopped",
                 entry.vcpus,
                 entry.memory >> 20,
-                "-"
+                "-",
+                mac(entry.mac)
             );
         }
     }
@@ -220,13 +227,14 @@ fn list() -> String {
         for entry in image.capsules().filter(|e| !bundled(e.name) && !running.iter().any(|c| c.name == e.name)) {
             let _ = writeln!(
                 text,
-                "{:<4} {:<16} {:<8} {:>5} {:>7}Mi {:>9}",
+                "{:<4} {:<16} {:<8} {:>5} {:>7}Mi {:>9}  {}",
                 "-",
                 entry.name,
                 "on-disk",
                 entry.vcpus,
                 entry.memory >> 20,
-                "-"
+                "-",
+                mac(entry.mac)
             );
         }
     }

@@ -145,6 +145,10 @@ pub fn drive_network(console: &mut Console, host_port: u16, timeouts: &Timeouts)
     wait_all_ready(console, ["web"].into_iter(), timeouts.boot).context("web boots again")?;
     ping(console, "boot", WEB_ADDRESS, timeouts).context("boot pings web after web was stopped and started")?;
     let back = restarted.elapsed();
+    let list = succeed(console, "boot", "keel list", timeouts.command)?;
+    if !list.iter().any(|line| line.contains(" web ") && line.contains("running") && line.ends_with(WEB_MAC)) {
+        bail!("`keel list` does not show web running with its MAC address {WEB_MAC}: {list:?}");
+    }
 
     console.send_line("poweroff")?;
     let status = console.wait_exit(timeouts.power_off).context("poweroff in the boot capsule ends QEMU")?;
@@ -155,7 +159,7 @@ pub fn drive_network(console: &mut Console, host_port: u16, timeouts: &Timeouts)
     Ok(format!(
         "pings both ways; spoofed MAC dropped; {BLOB_MIB} MiB capsule to capsule in {:.1} s ({:.1} MiB/s) and to \
          this machine in {:.1} s ({:.1} MiB/s), checksums match; DHCP `{}`; web stopped, started and answering \
-         again in {:.1} s",
+         again in {:.1} s, listed with its MAC",
         capsule_copy.as_secs_f64(),
         rate(capsule_copy),
         host_copy.as_secs_f64(),
