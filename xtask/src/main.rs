@@ -138,11 +138,12 @@ struct RunArgs {
     /// Development mode: leave the image unsigned and build a hypervisor that accepts unsigned images.
     #[arg(long, conflicts_with = "native")]
     unsigned_dev: bool,
-    /// Give the machine a virtio-net NIC on QEMU user networking: the uplink of the capsules' switch.
+    /// Leave out the machine's virtio-net NIC (by default it has one on QEMU user networking, 10.0.2.0/24: the
+    /// uplink of the capsules' switch).
     #[arg(long)]
-    nic: bool,
-    /// Forward HOST_PORT on this machine's loopback to GUEST_ADDRESS:GUEST_PORT (TCP); implies --nic. Repeatable.
-    #[arg(long, value_name = "HOST_PORT:GUEST_ADDRESS:GUEST_PORT")]
+    no_nic: bool,
+    /// Forward HOST_PORT on this machine's loopback to GUEST_ADDRESS:GUEST_PORT (TCP). Repeatable.
+    #[arg(long, value_name = "HOST_PORT:GUEST_ADDRESS:GUEST_PORT", conflicts_with = "no_nic")]
     forward: Vec<qemu::Forward>,
     /// Give the machine this raw disk image (made, 256 MiB and sparse, if it does not exist): Keel's host disk,
     /// whose extents are the capsules' disks.
@@ -353,7 +354,7 @@ fn run(workspace: &Workspace, args: RunArgs) -> Result<ExitCode> {
         Some(hypervisor) => qemu.command(&machine, &qemu::Payload::Hypervisor(hypervisor.clone())),
         None => qemu.command(&machine, &qemu::Payload::Native(boot.clone())),
     };
-    if args.nic || !args.forward.is_empty() {
+    if !args.no_nic {
         command.args(qemu::net_args(&args.forward));
     }
     if let Some(disk) = &args.disk {
