@@ -59,6 +59,7 @@ enum Next {
 }
 
 /// Runs `vcpu` (already switched in) until its slice ends, it waits or stops, or its capsule goes away.
+#[link_section = ".text.hot.1"]
 pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
     let capsule = vcpu.capsule.clone();
     let slice_end = sched::slice_deadline(hartid);
@@ -143,6 +144,7 @@ fn log_exits(vcpu: &Vcpu) {
 }
 
 /// Applies what other harts (or devices) asked of this vCPU since it last ran.
+#[link_section = ".text.hot.1"]
 fn apply_requests(vcpu: &mut Vcpu) {
     let shared = vcpu.shared();
     if take_request(&shared.ipi) {
@@ -163,11 +165,13 @@ fn apply_requests(vcpu: &mut Vcpu) {
 /// always clear, so a plain load comes first: an atomic read-modify-write costs more than a load on every exit.
 /// A flag set just after the load is not lost: whoever sets it also kicks this hart, so it is taken at the next
 /// entry, as it would be had it been set just after a swap.
+#[link_section = ".text.hot.1"]
 fn take_request(flag: &core::sync::atomic::AtomicBool) -> bool {
     flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::AcqRel)
 }
 
 /// Sets or clears VSEIP to the level the virtual PLIC last asked for this vCPU.
+#[link_section = ".text.hot.1"]
 fn apply_external_interrupt(vcpu: &Vcpu) {
     if vcpu.shared().external.load(Ordering::Acquire) {
         csr::hvip::set(bits::IRQ_VS_EXT);
@@ -177,6 +181,7 @@ fn apply_external_interrupt(vcpu: &Vcpu) {
 }
 
 /// Decides what a guest exit means and carries it out.
+#[link_section = ".text.hot.1"]
 fn handle_exit(vcpu: &mut Vcpu, hartid: usize, slice_end: u64) -> Next {
     let exit = vcpu.context.exit;
     if exit.scause & cause::INTERRUPT != 0 {
@@ -231,6 +236,7 @@ fn handle_exit(vcpu: &mut Vcpu, hartid: usize, slice_end: u64) -> Next {
 /// The encoding of `wfi`, as `stval` reports it for a virtual-instruction exception.
 const WFI: u64 = 0x1050_0073;
 
+#[link_section = ".text.hot.1"]
 fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -> Next {
     match code {
         cause::IRQ_S_SOFT => {
@@ -347,6 +353,7 @@ fn fetch_guest_instruction(pc: u64) -> Result<u32, u64> {
     Ok(low | high << 16)
 }
 
+#[link_section = ".text.hot.2"]
 fn handle_guest_page_fault(vcpu: &mut Vcpu) -> Next {
     let exit = vcpu.context.exit;
     let gpa = (exit.htval << 2) | (exit.stval & 3);
@@ -425,6 +432,7 @@ fn in_window(gpa: u64, base: u64, size: u64, width: u8) -> Option<u64> {
     (offset.checked_add(width as u64)? <= size).then_some(offset)
 }
 
+#[link_section = ".text.hot.2"]
 fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
     let capsule = vcpu.capsule.clone();
     if let Some(offset) = in_window(gpa, manage::BASE, manage::SIZE, width) {
@@ -454,6 +462,7 @@ fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
     Ok(value)
 }
 
+#[link_section = ".text.hot.2"]
 fn mmio_write(vcpu: &mut Vcpu, gpa: u64, width: u8, value: u64) -> Result<(), ()> {
     let capsule = vcpu.capsule.clone();
     if let Some(offset) = in_window(gpa, manage::BASE, manage::SIZE, width) {
@@ -694,6 +703,7 @@ impl Environment for SbiEnvironment<'_> {
     }
 }
 
+#[link_section = ".text.hot.1"]
 fn handle_sbi(vcpu: &mut Vcpu) -> Next {
     let x = &vcpu.context.guest.x;
     let call = Call::from_registers([x[10], x[11], x[12], x[13], x[14], x[15], x[16], x[17]].map(|r| r as usize));

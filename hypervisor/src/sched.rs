@@ -171,6 +171,7 @@ fn pick(hartid: usize) -> Option<Box<Vcpu>> {
 
 /// The earliest timer deadline among this hart's queued vCPUs that wait for an interrupt. (A queued vCPU that
 /// is merely preempted gets the hart back at its turn; its deadline need not interrupt anyone.)
+#[link_section = ".text.hot.1"]
 pub fn queued_deadline(hartid: usize) -> u64 {
     let sstc = sstc();
     QUEUES[hartid]
@@ -184,6 +185,7 @@ pub fn queued_deadline(hartid: usize) -> u64 {
 
 /// Whether a vCPU on this hart has just become ready — a waiter whose interrupt arrived, or one being started —
 /// so that the running vCPU should give way before its slice ends.
+#[link_section = ".text.hot.1"]
 pub fn woken_waiting(hartid: usize) -> bool {
     let now = csr::time::read();
     QUEUES[hartid].lock().iter().any(|v| {
@@ -218,6 +220,7 @@ fn idle(hartid: usize) {
 }
 
 /// Each hart's loop: run vCPUs from its queue, sleep when none is runnable.
+#[link_section = ".text.hot.1"]
 pub fn hart_loop() -> ! {
     let hartid = hart::id();
     loop {

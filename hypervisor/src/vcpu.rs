@@ -160,7 +160,7 @@ pub fn run_guest(context: &mut Context) {
 
 global_asm!(
     r#"
-    .text
+    .section .text.hot.0, "ax"
     .global keel_run_guest
     .align 2
 keel_run_guest:
