@@ -226,7 +226,7 @@ impl VirtioConsole {
                         break;
                     }
                     new_chains_left -= 1;
-                    let Some(chain) = next_chain(queue, virtqueue, memory, &mut first_error)?
+                    let Some(chain) = virtqueue.pop_for_device(queue, memory, &mut first_error)?
                     else {
                         break;
                     };
@@ -237,7 +237,7 @@ impl VirtioConsole {
                             head: chain.head(),
                             error,
                         });
-                        complete(queue, virtqueue, memory, chain.head(), 0)?;
+                        virtqueue.complete(queue, memory, chain.head(), 0)?;
                         continue;
                     }
                     PartialOutput { chain, offset: 0 }
@@ -254,7 +254,7 @@ impl VirtioConsole {
                     head: chain.head(),
                     error: error.into(),
                 });
-                complete(queue, virtqueue, memory, chain.head(), 0)?;
+                virtqueue.complete(queue, memory, chain.head(), 0)?;
                 continue;
             }
             if len < remaining {
@@ -267,7 +267,7 @@ impl VirtioConsole {
             }
             self.counters.output_chains += 1;
             // The device writes nothing into transmit buffers.
-            complete(queue, virtqueue, memory, chain.head(), 0)?;
+            virtqueue.complete(queue, memory, chain.head(), 0)?;
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -306,7 +306,7 @@ impl VirtioConsole {
             if self.inbox.is_empty() {
                 break;
             }
-            let Some(chain) = next_chain(queue, virtqueue, memory, &mut first_error)? else {
+            let Some(chain) = virtqueue.pop_for_device(queue, memory, &mut first_error)? else {
                 break;
             };
             let written = match self.fill_receive_chain(&chain, memory) {
@@ -321,7 +321,7 @@ impl VirtioConsole {
                     0
                 }
             };
-            complete(queue, virtqueue, memory, chain.head(), written)?;
+            virtqueue.complete(queue, memory, chain.head(), written)?;
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -379,44 +379,6 @@ fn check_transmit_chain(
     }
     chain.check_memory(memory)?;
     Ok(())
-}
-
-/// The next available chain. Malformed chains, which [`Virtqueue::pop`] has already
-/// returned to the driver, are skipped after the first is recorded in `first_error`; an
-/// error that breaks the queue ends the pass.
-fn next_chain(
-    queue: u16,
-    virtqueue: &mut Virtqueue,
-    memory: &dyn GuestMemory,
-    first_error: &mut Option<DeviceError>,
-) -> Result<Option<DescriptorChain>, DeviceError> {
-    // Every failed pop uses up one available entry and no more than a queue's worth can be
-    // available at once, so this ends.
-    loop {
-        match virtqueue.pop(memory) {
-            Ok(chain) => return Ok(chain),
-            Err(error) => {
-                let error = DeviceError::Queue { queue, error };
-                if error.needs_reset() {
-                    return Err(error);
-                }
-                first_error.get_or_insert(error);
-            }
-        }
-    }
-}
-
-/// Returns a chain to the driver with `written` bytes used.
-fn complete(
-    queue: u16,
-    virtqueue: &mut Virtqueue,
-    memory: &dyn GuestMemory,
-    head: u16,
-    written: u32,
-) -> Result<(), DeviceError> {
-    virtqueue
-        .add_used(memory, head, written)
-        .map_err(|error| DeviceError::Queue { queue, error })
 }
 
 impl Device for VirtioConsole {

@@ -325,7 +325,7 @@ impl VirtioNet {
                 self.transmit_stalled = true;
                 break;
             }
-            let Some(chain) = pop_chain(queue, virtqueue, memory, &mut first_error)? else {
+            let Some(chain) = virtqueue.pop_for_device(queue, memory, &mut first_error)? else {
                 break;
             };
             match self.read_frame(&chain, memory) {
@@ -350,9 +350,7 @@ impl VirtioNet {
                 }
             }
             // The device writes nothing into transmit buffers.
-            virtqueue
-                .add_used(memory, chain.head(), 0)
-                .map_err(|error| DeviceError::Queue { queue, error })?;
+            virtqueue.complete(queue, memory, chain.head(), 0)?;
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -400,7 +398,7 @@ impl VirtioNet {
                 break;
             };
             // Without a chain the frame goes back to the head of the inbox to wait.
-            let chain = match pop_chain(queue, virtqueue, memory, &mut first_error) {
+            let chain = match virtqueue.pop_for_device(queue, memory, &mut first_error) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => {
                     self.inbox.push_front(frame);
@@ -431,36 +429,9 @@ impl VirtioNet {
                     0
                 }
             };
-            virtqueue
-                .add_used(memory, chain.head(), written)
-                .map_err(|error| DeviceError::Queue { queue, error })?;
+            virtqueue.complete(queue, memory, chain.head(), written)?;
         }
         first_error.map_or(Ok(()), Err)
-    }
-}
-
-/// Takes the next available chain. A malformed chain (already returned to the driver by
-/// [`Virtqueue::pop`]) is recorded in `first_error` and skipped; an error that breaks the
-/// queue ends the pass.
-fn pop_chain(
-    queue: u16,
-    virtqueue: &mut Virtqueue,
-    memory: &dyn GuestMemory,
-    first_error: &mut Option<DeviceError>,
-) -> Result<Option<DescriptorChain>, DeviceError> {
-    // Each failed pop consumes one available entry, and at most a queue's worth can be
-    // available, so this loop ends.
-    loop {
-        match virtqueue.pop(memory) {
-            Ok(chain) => return Ok(chain),
-            Err(error) => {
-                let error = DeviceError::Queue { queue, error };
-                if error.needs_reset() {
-                    return Err(error);
-                }
-                first_error.get_or_insert(error);
-            }
-        }
     }
 }
 

@@ -858,6 +858,44 @@ pub struct Completion {
 }
 
 impl Virtqueue {
+    /// Takes the next available chain of queue number `queue` for a device. A malformed
+    /// chain (already returned to the driver by [`Virtqueue::pop`]) is recorded in
+    /// `first_error` and skipped; an error that breaks the queue ends the pass.
+    pub(crate) fn pop_for_device(
+        &mut self,
+        queue: u16,
+        memory: &dyn GuestMemory,
+        first_error: &mut Option<DeviceError>,
+    ) -> Result<Option<DescriptorChain>, DeviceError> {
+        // Each failed pop consumes one available entry, and at most a queue's worth can be
+        // available, so this loop ends.
+        loop {
+            match self.pop(memory) {
+                Ok(chain) => return Ok(chain),
+                Err(error) => {
+                    let error = DeviceError::Queue { queue, error };
+                    if error.needs_reset() {
+                        return Err(error);
+                    }
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+    }
+
+    /// Returns the chain at `head` of queue number `queue` to the driver with `written`
+    /// bytes used.
+    pub(crate) fn complete(
+        &mut self,
+        queue: u16,
+        memory: &dyn GuestMemory,
+        head: u16,
+        written: u32,
+    ) -> Result<(), DeviceError> {
+        self.add_used(memory, head, written)
+            .map_err(|error| DeviceError::Queue { queue, error })
+    }
+
     /// Serves the chains available now: each is handed to `handle` and then returned to
     /// the driver as used.
     ///
@@ -873,17 +911,8 @@ impl Virtqueue {
     ) -> Result<(), DeviceError> {
         let mut first_error = None;
         for _ in 0..self.size {
-            let chain = match self.pop(memory) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(error) => {
-                    let error = DeviceError::Queue { queue, error };
-                    if error.needs_reset() {
-                        return Err(error);
-                    }
-                    first_error.get_or_insert(error);
-                    continue;
-                }
+            let Some(chain) = self.pop_for_device(queue, memory, &mut first_error)? else {
+                break;
             };
             let completion = handle(&chain);
             if let Some(error) = completion.error {
@@ -893,8 +922,7 @@ impl Virtqueue {
                     error,
                 });
             }
-            self.add_used(memory, chain.head(), completion.written)
-                .map_err(|error| DeviceError::Queue { queue, error })?;
+            self.complete(queue, memory, chain.head(), completion.written)?;
         }
         match first_error {
             Some(error) => Err(error),
