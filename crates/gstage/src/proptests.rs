@@ -6,11 +6,10 @@
 //! refused call must return, rollback of failed `map_range` calls, probes just outside every mapping,
 //! and the table memory coming back in full once everything is unmapped.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 
 use crate::test_support::FakeRam;
+use crate::tests::{model_lookup, model_overlaps, Model};
 use crate::{GStage, MapError, Mode, PageSize, Perm, Translation};
 
 const KIB: u64 = 1024;
@@ -19,23 +18,6 @@ const GIB: u64 = 1024 * MIB;
 /// One past the highest host-physical address a PTE can hold (a 44-bit PPN).
 const HPA_LIMIT: u64 = 1 << 56;
 const ROOT_BYTES: u64 = 16 * KIB;
-
-/// Every mapped page by its first GPA: (HPA, size, permission).
-type Model = BTreeMap<u64, (u64, PageSize, Perm)>;
-
-fn model_lookup(model: &Model, gpa: u64) -> Option<Translation> {
-    let (&start, &(hpa, page_size, perm)) = model.range(..=gpa).next_back()?;
-    (gpa - start < page_size.bytes()).then_some(Translation {
-        hpa: hpa + (gpa - start),
-        perm,
-        page_size,
-    })
-}
-
-/// Whether any byte of `len` bytes at `gpa` is mapped in the model.
-fn model_overlaps(model: &Model, gpa: u64, len: u64) -> bool {
-    model_lookup(model, gpa).is_some() || model.range(gpa..gpa.saturating_add(len)).next().is_some()
-}
 
 /// The error `checked_perm` gives, if any: only R, W and X count, W needs R, and none is refused.
 fn permission_error(perm: Perm) -> Option<MapError> {

@@ -989,10 +989,11 @@ impl XorShift {
     }
 }
 
-/// Reference model: mapping start GPA to (HPA, size, permission).
-type Model = BTreeMap<u64, (u64, PageSize, Perm)>;
+/// Reference model: mapping start GPA to (HPA, size, permission). `proptests.rs` checks against it too.
+pub(crate) type Model = BTreeMap<u64, (u64, PageSize, Perm)>;
 
-fn model_lookup(model: &Model, gpa: u64) -> Option<Translation> {
+/// What the model says `gpa` translates to.
+pub(crate) fn model_lookup(model: &Model, gpa: u64) -> Option<Translation> {
     let (&start, &(hpa, page_size, perm)) = model.range(..=gpa).next_back()?;
     (gpa - start < page_size.bytes()).then_some(Translation {
         hpa: hpa + (gpa - start),
@@ -1001,9 +1002,9 @@ fn model_lookup(model: &Model, gpa: u64) -> Option<Translation> {
     })
 }
 
-fn model_overlaps(model: &Model, gpa: u64, size: PageSize) -> bool {
-    let end = gpa + size.bytes();
-    model_lookup(model, gpa).is_some() || model.range(gpa..end).next().is_some()
+/// Whether any byte of `len` bytes at `gpa` is mapped in the model.
+pub(crate) fn model_overlaps(model: &Model, gpa: u64, len: u64) -> bool {
+    model_lookup(model, gpa).is_some() || model.range(gpa..gpa.saturating_add(len)).next().is_some()
 }
 
 /// A GPA in a small window (near 0 and near the top of the space) so random requests collide.
@@ -1073,7 +1074,7 @@ fn run_random_operations(mode: Mode, seed: u64, steps: usize) {
                 let gpa = random_gpa(&mut rng, mode, size);
                 let hpa = rng.below(1 << 20) * size.bytes() % (1 << 56);
                 let perm = random_perm(&mut rng);
-                let overlaps = model_overlaps(&model, gpa, size);
+                let overlaps = model_overlaps(&model, gpa, size.bytes());
                 let mut result = gstage.map(&mut ram, gpa, hpa, size, perm);
                 if !overlaps && matches!(result, Err(MapError::SplitBySmallerPages { .. })) {
                     // Only tables left empty by earlier unmaps may be in the way.
