@@ -13,6 +13,9 @@ use crate::shell;
 /// Fail a wait early when the console has printed nothing for this long: a hung guest, not a slow one.
 const SILENCE_LIMIT: Duration = Duration::from_secs(120);
 
+/// How long an exited process's last output may take to reach the reader threads.
+const OUTPUT_END_LIMIT: Duration = Duration::from_secs(5);
+
 struct State {
     output: Vec<u8>,
     open_streams: usize,
@@ -179,6 +182,7 @@ impl Console {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().context("cannot poll QEMU")? {
+                self.wait_for_output_end(OUTPUT_END_LIMIT);
                 return Ok(status);
             }
             if started.elapsed() >= timeout {
@@ -188,6 +192,26 @@ impl Console {
                 ));
             }
             thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the reader threads have taken everything the exited process wrote, so the
+    /// transcript holds its last lines. Bounded: a process that handed its pipes on to a child
+    /// that still runs would otherwise keep this waiting.
+    fn wait_for_output_end(&self, limit: Duration) {
+        let started = Instant::now();
+        let mut state = self.shared.lock();
+        while state.open_streams > 0 {
+            let waited = started.elapsed();
+            if waited >= limit {
+                return;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, limit - waited)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
         }
     }
 
