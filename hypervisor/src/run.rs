@@ -64,6 +64,9 @@ pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
     let capsule = vcpu.capsule.clone();
     let slice_end = sched::slice_deadline(hartid);
     let mut queued_deadline = sched::queued_deadline(hartid);
+    let sstc = PLATFORM.get().is_some_and(|p| p.sstc);
+    let watchdog_period = sched::ticks(TIMER_WATCHDOG_MICROSECONDS);
+    let mut watchdog = 0;
     let mut armed = u64::MAX;
     loop {
         apply_requests(vcpu);
@@ -75,7 +78,14 @@ pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
             vcpu.context.guest.hstatus &= !bits::HSTATUS_VTW;
         }
         let mut deadline = slice_end.min(queued_deadline);
-        if !PLATFORM.get().is_some_and(|p| p.sstc) {
+        if sstc {
+            // Pushed on lazily (at most twice a period) so that busy guests do not re-arm the timer on every exit.
+            let now = csr::time::read();
+            if watchdog <= now.saturating_add(watchdog_period / 2) {
+                watchdog = now.saturating_add(watchdog_period);
+            }
+            deadline = deadline.min(watchdog);
+        } else {
             deadline = deadline.min(vcpu.guest_deadline);
         }
         if deadline != armed {
@@ -121,6 +131,25 @@ pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
         if capsule.generation.load(Ordering::Acquire) != vcpu.generation || capsule.stopped.load(Ordering::Acquire) {
             return SliceEnd::Drop;
         }
+    }
+}
+
+/// With Sstc a running guest's timer interrupt never passes through Keel, so a hart that loses one leaves the
+/// guest waiting for a tick that does not come. QEMU 7.2 does, now and then: its `riscv_cpu_update_mip` reads the
+/// VS timer's pending flag before taking the big lock, so a guest entry (or an `hvip` update) racing with the
+/// timer's expiry can withdraw the CPU's interrupt request while the flag stays set. The guest then spins in its
+/// idle loop with VSTIP pending but never taken. Any exit repairs it (the next entry recomputes the request, and
+/// [`repair_guest_timer`] re-raises it), so Keel makes sure a vCPU never runs longer than this without one. An
+/// idle guest pays one exit per period for it.
+const TIMER_WATCHDOG_MICROSECONDS: u64 = 1_000_000;
+
+/// On a host timer exit with Sstc: a guest timer that is already due is written again, which raises its
+/// interrupt afresh. Where no interrupt was lost this changes nothing: VSTIP stays pending until the guest
+/// moves its deadline.
+fn repair_guest_timer() {
+    let deadline = csr::vstimecmp::read();
+    if deadline <= csr::time::read() {
+        csr::vstimecmp::write(deadline);
     }
 }
 
@@ -251,7 +280,9 @@ fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -
             vcpu.exits.host_timer += 1;
             sched::arm_timer(u64::MAX);
             let now = csr::time::read();
-            if !PLATFORM.get().is_some_and(|p| p.sstc) && now >= vcpu.guest_deadline {
+            if PLATFORM.get().is_some_and(|p| p.sstc) {
+                repair_guest_timer();
+            } else if now >= vcpu.guest_deadline {
                 // Without Sstc the guest's timer is Keel's: forward it as VSTIP.
                 csr::hvip::set(bits::IRQ_VS_TIMER);
                 vcpu.guest_deadline = u64::MAX;

@@ -4,7 +4,8 @@
 //! - Each vCPU has a home hart, chosen when it is created as the hart with the fewest vCPUs; it stays there.
 //! - A hart runs its vCPUs round-robin. A vCPU runs until its slice ([`SLICE_MICROSECONDS`]) ends, it waits for an
 //!   interrupt (WFI, trapped only while other vCPUs share the hart), it stops, or its capsule stops.
-//! - A vCPU alone on its hart gets no slice timer and executes WFI natively: an idle guest costs no exits.
+//! - A vCPU alone on its hart gets no slice timer and executes WFI natively: an idle guest's ticks cost no exits.
+//!   (With Sstc it still gets one exit a second, a watchdog against lost timer interrupts: see `run.rs`.)
 //! - A waiting vCPU becomes runnable when an interrupt is pending for it: its timer deadline passed, or another
 //!   hart (or a device) raised one. The hart's timer is armed for the earliest deadline among its waiting vCPUs,
 //!   and other harts kick it with an IPI, so a descheduled vCPU still wakes on time. Newly woken vCPUs run first.
@@ -37,6 +38,11 @@ fn sstc() -> bool {
 /// Timer ticks per microsecond.
 fn ticks_per_microsecond() -> u64 {
     PLATFORM.get().map_or(10, |p| (p.host.timebase_frequency / 1_000_000).max(1))
+}
+
+/// `microseconds` in ticks of the `time` CSR.
+pub fn ticks(microseconds: u64) -> u64 {
+    microseconds.saturating_mul(ticks_per_microsecond())
 }
 
 /// Programs this hart's supervisor timer for `deadline` (`u64::MAX` disarms it).
@@ -286,7 +292,7 @@ fn run_slice(hartid: usize, vcpu: &mut Vcpu) -> bool {
 /// The deadline of a slice starting now, if the hart is shared; `u64::MAX` otherwise.
 pub fn slice_deadline(hartid: usize) -> u64 {
     if shared_hart(hartid) {
-        csr::time::read().saturating_add(SLICE_MICROSECONDS * ticks_per_microsecond())
+        csr::time::read().saturating_add(ticks(SLICE_MICROSECONDS))
     } else {
         u64::MAX
     }

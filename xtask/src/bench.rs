@@ -863,7 +863,7 @@ impl Context<'_> {
             "rates are differences between separate boots: boot-to-boot variation of a few exits shows up as a rate of about +-1/s (even slightly negative); treat idle rates that small as zero".to_string(),
         );
         benchmark.notes.push(
-            "`host timer` counts Keel's own timer interrupts (time slices, and the guest's timer when it has no Sstc); with Sstc the guest's timer needs no exit, so it should stay near zero. A guest that programs its timer with SBI set_timer instead of Sstc shows it under SBI".to_string(),
+            "`host timer` counts Keel's own timer interrupts (time slices, the guest's timer when it has no Sstc, and with Sstc a once-a-second watchdog against lost guest timer interrupts); with Sstc the guest's ticks need no exit, so an idle guest shows about 1/s, the watchdog. A guest that programs its timer with SBI set_timer instead of Sstc shows it under SBI".to_string(),
         );
         benchmark.notes.push(format!(
             "busy loop rounds per second: the same loop natively in the same round ({} MiB, {HARTS} harts, so Linux has {HARTS} CPUs natively and 1 vCPU under Keel), a CPU and syscall throughput comparison",
