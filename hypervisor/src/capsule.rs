@@ -395,6 +395,7 @@ impl Capsule {
 
     /// Loads kernel, initrd and device tree into RAM and makes vCPU 0 ready to start.
     pub fn load(&self, platform: &Platform) -> Result<(), CreateError> {
+        let started = crate::arch::csr::time::read();
         let definition = &self.definition;
         let kind = keel_linux_boot::identify(definition.kernel).map_err(CreateError::Kernel)?;
         const FDT_MAX: u64 = 64 * 1024;
@@ -425,7 +426,7 @@ impl Capsule {
         self.entry.store(placement.entry, Ordering::Release);
         self.fdt_addr.store(placement.fdt_addr, Ordering::Release);
         log::info!(
-            "capsule {} '{}': {} MiB RAM, {} vCPU(s), kernel {} KiB at {:#x}, initrd {}, device tree at {:#x}",
+            "capsule {} '{}': {} MiB RAM, {} vCPU(s), kernel {} KiB at {:#x}, initrd {}, device tree at {:#x}; loaded in {}",
             self.id,
             self.name,
             self.memory.size() >> 20,
@@ -436,7 +437,8 @@ impl Capsule {
                 Some((start, end)) => format!("{} KiB at {start:#x}", (end - start) >> 10),
                 None => String::from("none"),
             },
-            placement.fdt_addr
+            placement.fdt_addr,
+            crate::sched::Since(started)
         );
         Ok(())
     }

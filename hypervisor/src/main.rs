@@ -260,11 +260,7 @@ fn start_capsules() {
         fatal(format_args!("this build has no bundled manifest image: nothing to run (build with `cargo xtask build`)"));
     }
     // Nothing of the image is read before its signature is checked.
-    verify::check_bundled_image(bundled);
-    let image = match keel_dmfs::Image::parse(bundled) {
-        Ok(image) => image,
-        Err(error) => fatal(format_args!("the bundled manifest image is unusable: {error}")),
-    };
+    let image = verify::check_bundled_image(bundled);
     if image.boot_capsule().is_none() {
         fatal(format_args!("the bundled manifest image has no boot capsule"));
     }

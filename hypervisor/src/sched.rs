@@ -45,6 +45,16 @@ pub fn ticks(microseconds: u64) -> u64 {
     microseconds.saturating_mul(ticks_per_microsecond())
 }
 
+/// Milliseconds (to a tenth) since `start`, a reading of the `time` CSR, for logging how long something took.
+pub struct Since(pub u64);
+
+impl core::fmt::Display for Since {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let tenths = csr::time::read().saturating_sub(self.0) / ticks(100);
+        write!(f, "{}.{} ms", tenths / 10, tenths % 10)
+    }
+}
+
 /// Programs this hart's supervisor timer for `deadline` (`u64::MAX` disarms it).
 pub fn arm_timer(deadline: u64) {
     if sstc() {

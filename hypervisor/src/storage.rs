@@ -88,8 +88,7 @@ fn read_and_check(buffer: &'static mut [u8], length: usize) -> Result<keel_dmfs:
             .map_err(|error| format!("the disk's manifest image cannot be read at sector {sector} ({error:?})"))?;
     }
     let bytes: &'static [u8] = &buffer[..length];
-    verify::check_image(bytes).map_err(|why| format!("the disk's manifest image is refused: {why}"))?;
-    keel_dmfs::Image::parse(bytes).map_err(|error| format!("the disk's manifest image is unusable: {error}"))
+    verify::check_image(bytes).map(|(image, _)| image).map_err(|why| format!("the disk's manifest image is refused: {why}"))
 }
 
 /// Sectors at the start of the machine's disk that a manifest image there occupies, by its header (0 when there is

@@ -6,7 +6,7 @@
 
 use alloc::{format, string::String};
 
-use keel_dmfs::{KeyId, SignatureError};
+use keel_dmfs::{Image, KeyId, SignatureError};
 
 use crate::console;
 
@@ -23,29 +23,41 @@ enum KeyPolicy {
 
 include!(concat!(env!("OUT_DIR"), "/key_policy.rs"));
 
-/// Checks `image` (the bundled bytes, possibly padded) and stops Keel, naming what failed, unless this
-/// build accepts it. In development mode it only warns, loudly.
-pub fn check_bundled_image(image: &[u8]) {
-    match &KEY_POLICY {
-        KeyPolicy::AllowUnsigned => warn_development_mode(),
-        _ => match check_image(image) {
-            Ok(key) => console::print(format_args!(
-                "[keel] the bundled manifest image's signature verifies (key {key})\n"
-            )),
-            Err(why) => crate::fatal(format_args!("the bundled manifest image is refused: {why}")),
-        },
+/// Checks and parses `image` (the bundled bytes, possibly padded), and stops Keel, naming what failed, unless
+/// this build accepts it. In development mode it only warns, loudly, and parses.
+pub fn check_bundled_image(image: &'static [u8]) -> Image<'static> {
+    let started = crate::arch::csr::time::read();
+    if matches!(KEY_POLICY, KeyPolicy::AllowUnsigned) {
+        warn_development_mode();
+    }
+    match check_image(image) {
+        Ok((image, Some(key))) => {
+            console::print(format_args!(
+                "[keel] the bundled manifest image's signature verifies (key {key}, image checked and read in {})\n",
+                crate::sched::Since(started)
+            ));
+            image
+        }
+        Ok((image, None)) => image,
+        Err(why) => crate::fatal(format_args!("the bundled manifest image is refused: {why}")),
     }
 }
 
-/// Checks any manifest image against this build's key; returns the key's id, or why the image is refused.
-/// In development mode every image passes (and the bundled image's check has already said so loudly).
-pub fn check_image(image: &[u8]) -> Result<KeyId, String> {
+/// Checks any manifest image against this build's key and parses it; returns the image and the id of the key
+/// that signed it, or why the image is refused. In development mode an image needs only to parse (and the bundled
+/// image's check has already said so loudly); there is no key id then.
+pub fn check_image(image: &'static [u8]) -> Result<(Image<'static>, Option<KeyId>), String> {
     match &KEY_POLICY {
         KeyPolicy::Key(public_key) => {
             let ours = KeyId::of(public_key);
-            keel_dmfs::verify(image, public_key).map(|()| ours).map_err(|error| describe(error, ours))
+            // The signature covers the checksum and everything it sums, so the image is read once, not twice.
+            keel_dmfs::verify_and_parse(image, public_key)
+                .map(|image| (image, Some(ours)))
+                .map_err(|error| describe(error, ours))
         }
-        KeyPolicy::AllowUnsigned => Ok(KeyId::of(&[0; 32])),
+        KeyPolicy::AllowUnsigned => {
+            Image::parse(image).map(|image| (image, None)).map_err(|error| format!("it is unusable: {error}"))
+        }
         KeyPolicy::NoKey => Err(String::from(
             "this build carries no public key to check manifest images with; build it with `cargo xtask build` \
              (KEEL_PUBLIC_KEY), or with --unsigned-dev for development",
@@ -64,6 +76,7 @@ fn describe(error: SignatureError, ours: KeyId) -> String {
         }
         SignatureError::BadPublicKey => format!("this build's public key {ours} is not a usable Ed25519 public key"),
         SignatureError::Format(error) => format!("its signature cannot be checked: {error}"),
+        SignatureError::Unusable(error) => format!("its signature verifies, but it is unusable: {error}"),
     }
 }
 

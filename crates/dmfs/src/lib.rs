@@ -39,7 +39,7 @@ pub use error::{CapsuleProblem, DiskLocation, DiskProblem, Field, FieldProblem, 
 pub use mac::{check_mac, MacAddress};
 pub use parse::{Capsules, Image};
 #[cfg(feature = "ed25519")]
-pub use signature::{public_key, sign, verify, SignatureError};
+pub use signature::{public_key, sign, verify, verify_and_parse, SignatureError};
 pub use signature::{KeyId, SignatureScheme, SignedMessage};
 #[cfg(feature = "alloc")]
 pub use writer::{BuildError, CapsuleSpec, DiskSpec, ImageBuilder};

@@ -60,6 +60,13 @@ pub struct Image<'a> {
     scheme: SignatureScheme,
 }
 
+/// Whether [`Image::parse`] sums the image to compare with its stored checksum.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Checksum {
+    Compute,
+    CoveredBySignature,
+}
+
 /// Checks the parts of the header that say where the image is, and returns the header and exactly
 /// the image's bytes (without any trailing padding of `bytes`).
 ///
@@ -119,13 +126,28 @@ impl<'a> Image<'a> {
     /// The signature is not: that needs a public key (`verify`, feature `ed25519`), and should be
     /// done first when the image comes from anywhere untrusted.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
+        Self::parse_checking(bytes, Checksum::Compute)
+    }
+
+    /// Validates `bytes` like [`Image::parse`], except that the checksum is not summed again.
+    ///
+    /// Only for an image whose signature was verified just before (see `verify_and_parse`): the
+    /// signature covers the checksum field and every byte the checksum covers, so the sum adds
+    /// nothing but a second pass over the whole image.
+    pub(crate) fn parse_signed(bytes: &'a [u8]) -> Result<Self, FormatError> {
+        Self::parse_checking(bytes, Checksum::CoveredBySignature)
+    }
+
+    fn parse_checking(bytes: &'a [u8], checksum_rule: Checksum) -> Result<Self, FormatError> {
         let (head, bytes) = frame(bytes)?;
         let image_length = to_u64(bytes.len());
 
-        let stored = u32_at(head, header::CHECKSUM);
-        let computed = checksum(bytes);
-        if stored != computed {
-            return Err(FormatError::ChecksumMismatch { stored, computed });
+        if checksum_rule == Checksum::Compute {
+            let stored = u32_at(head, header::CHECKSUM);
+            let computed = checksum(bytes);
+            if stored != computed {
+                return Err(FormatError::ChecksumMismatch { stored, computed });
+            }
         }
 
         // Reserved bytes are zero whatever the scheme. An unsigned image also has a zero key id and

@@ -6,7 +6,7 @@ use common::{build, reseal, XorShift, MIB};
 use ed25519_dalek::{Signature, VerifyingKey};
 use keel_dmfs::layout::{header, HEADER_SIZE, KEY_LEN, SIGNATURE_ED25519};
 use keel_dmfs::{
-    public_key, sign, verify, CapsuleSpec, FormatError, Image, KeyId, SignatureError,
+    public_key, sign, verify, verify_and_parse, CapsuleSpec, FormatError, Image, KeyId, SignatureError,
     SignatureScheme,
 };
 
@@ -322,4 +322,49 @@ fn random_flips_never_verify() {
             "flipping bit {bit} at {position:#x} went unnoticed"
         );
     }
+}
+
+/// Signs `image` exactly as it is, without the checks and the fresh checksum that `sign` adds: an
+/// image that `sign` would refuse, signed by a key holder anyway.
+fn sign_as_is(image: &mut [u8], secret: &[u8; KEY_LEN]) {
+    use ed25519_dalek::{Signer as _, SigningKey};
+    image[header::SIGNATURE..HEADER_SIZE].fill(0);
+    let signature = SigningKey::from_bytes(secret).sign(image);
+    image[header::SIGNATURE..HEADER_SIZE].copy_from_slice(&signature.to_bytes());
+}
+
+#[test]
+fn verify_and_parse_reads_what_parse_reads() {
+    let image = signed_image();
+    let both = verify_and_parse(&image, &RFC_PUBLIC).expect("a signed image verifies and parses");
+    let parsed = Image::parse(&image).unwrap();
+    assert_eq!(both.len(), parsed.len());
+    assert_eq!(both.boot_capsule().unwrap().kernel, parsed.boot_capsule().unwrap().kernel);
+    assert_eq!(both.key_id(), Some(KeyId::of(&RFC_PUBLIC)));
+
+    // Every refusal of `verify` is a refusal here too.
+    let mut tampered = image.clone();
+    let at = kernel_offset(&tampered) + 100;
+    tampered[at] ^= 0x10;
+    assert_eq!(verify_and_parse(&tampered, &RFC_PUBLIC).map(|_| ()), Err(SignatureError::BadSignature));
+    assert_eq!(verify_and_parse(&unsigned_image(), &RFC_PUBLIC).map(|_| ()), Err(SignatureError::Unsigned));
+}
+
+#[test]
+fn verify_and_parse_trusts_the_signature_for_the_checksum_only() {
+    // A key holder signed an image whose checksum is wrong: the signature vouches for every byte, so the
+    // checksum is not summed again...
+    let mut image = signed_image();
+    image[header::CHECKSUM] ^= 0xff;
+    sign_as_is(&mut image, &RFC_SECRET);
+    assert!(matches!(Image::parse(&image), Err(FormatError::ChecksumMismatch { .. })));
+    assert!(verify_and_parse(&image, &RFC_PUBLIC).is_ok());
+
+    // ...but every other rule of the format still holds for a signed image.
+    let mut image = signed_image();
+    image[header::CAPSULE_COUNT..][..4].copy_from_slice(&1000u32.to_le_bytes());
+    sign_as_is(&mut image, &RFC_SECRET);
+    let refused = verify_and_parse(&image, &RFC_PUBLIC).map(|_| ());
+    assert_eq!(refused, Err(SignatureError::Unusable(FormatError::TooManyCapsules { count: 1000 })));
+    assert!(refused.unwrap_err().to_string().starts_with("the DMFS image is signed, but unusable: "));
 }
