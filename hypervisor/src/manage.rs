@@ -186,8 +186,8 @@ fn list() -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "{:<4} {:<16} {:<8} {:>5} {:>9} {:>9}  {}",
-        "ID", "NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "MAC"
+        "{:<4} {:<16} {:<8} {:>5} {:>9} {:>9}  MAC",
+        "ID", "NAME", "STATE", "VCPUS", "MEMORY", "UPTIME"
     );
     let mac = |mac: Option<[u8; 6]>| mac.map_or(String::from("-"), |mac| alloc::format!("{}", keel_dmfs::MacAddress(mac)));
     let running: alloc::vec::Vec<Arc<Capsule>> = CAPSULES.lock().iter().cloned().collect();
