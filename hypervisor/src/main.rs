@@ -139,6 +139,8 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
     }
     let enabled: Vec<usize> = host.harts.iter().filter(|h| h.enabled).map(|h| h.hartid as usize).collect();
     hart::start_secondaries(enabled.iter().copied());
+    // The other harts take a while to come up; the image check needs none of them, so it runs meanwhile.
+    let image = check_bundled_image();
     hart::wait_online(enabled.len().min(hart::MAX_HARTS));
     let mut online_harts = alloc::vec![hartid];
     online_harts.extend(enabled.iter().copied().filter(|&h| h != hartid && h < hart::MAX_HARTS));
@@ -183,7 +185,7 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
             log::warn!("no PLIC route for the host NIC's interrupt: capsules receive nothing from outside");
         }
     }
-    start_capsules();
+    start_capsules(image);
     run::init_hart();
     sched::hart_loop();
 }
@@ -253,8 +255,8 @@ pub fn start_capsule_by_name(name: &str) -> Result<Arc<Capsule>, StartError> {
     }
 }
 
-/// Creates the boot capsule and every autostart capsule of the bundled image.
-fn start_capsules() {
+/// Checks the bundled manifest image's signature and format, or stops Keel saying why it cannot be used.
+fn check_bundled_image() -> &'static keel_dmfs::Image<'static> {
     let bundled: &'static [u8] = &BUNDLED.0;
     if bundled.is_empty() {
         fatal(format_args!("this build has no bundled manifest image: nothing to run (build with `cargo xtask build`)"));
@@ -264,7 +266,11 @@ fn start_capsules() {
     if image.boot_capsule().is_none() {
         fatal(format_args!("the bundled manifest image has no boot capsule"));
     }
-    let image = BUNDLED_IMAGE.call_once(|| image);
+    BUNDLED_IMAGE.call_once(|| image)
+}
+
+/// Creates the boot capsule and every autostart capsule of the bundled image.
+fn start_capsules(image: &'static keel_dmfs::Image<'static>) {
     console::set_tagging(image.capsules().filter(|c| c.boot || c.autostart).count() > 1);
     for entry in image.capsules().filter(|c| c.boot || c.autostart) {
         match start_capsule(&entry) {
