@@ -2,6 +2,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::arch::{self, csr, csr::bits};
 use crate::{firmware, memory};
 
 /// The most harts Keel drives; hart ids at or above this are left stopped (and logged).
@@ -67,6 +68,17 @@ pub fn wait_online(count: usize) {
         core::hint::spin_loop();
     }
     log::warn!("only {} of {count} harts came online", online_count());
+}
+
+/// Sleeps in WFI until `ready()` holds, woken by [`kick`]s. A hart waiting this way takes no time from the others,
+/// which matters under an emulator that runs several harts on fewer host CPUs.
+pub fn sleep_until(ready: impl Fn() -> bool) {
+    csr::sie::set(bits::IRQ_S_SOFT);
+    while !ready() {
+        // A kick that lands before the WFI leaves SSIP pending, so the WFI returns at once.
+        arch::wait_for_interrupt();
+        csr::sip::clear(bits::IRQ_S_SOFT);
+    }
 }
 
 /// Set when something on a hart's own queue may have become runnable through work done on that hart.

@@ -156,6 +156,10 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
         guest_mmu_type,
         vmid_bits,
     });
+    // The other harts sleep until the platform is known.
+    for &other in platform.online_harts.iter().filter(|&&other| other != hartid) {
+        hart::kick(other);
+    }
     log::info!(
         "{} harts online; {} of {} MiB free; Sstc {}; {}-bit VMIDs; guest ISA {}",
         platform.online_harts.len(),
@@ -292,8 +296,8 @@ fn start_capsules(image: &'static keel_dmfs::Image<'static>) {
 extern "C" fn keel_secondary_main(_hartid: usize, _stack_top: usize) -> ! {
     arch::install_host_trap_vector();
     hart::mark_online();
-    // Wait for the boot hart to finish examining the machine.
-    PLATFORM.wait();
+    // Wait for the boot hart to finish examining the machine (and checking the bundled image), asleep.
+    hart::sleep_until(|| PLATFORM.get().is_some());
     run::init_hart();
     sched::hart_loop();
 }
