@@ -82,9 +82,10 @@ impl Drop for Port {
 pub fn attach(mac: [u8; 6]) -> Result<Port, alloc::string::String> {
     let mut network = network().lock();
     let id = network.switch.add_port().map_err(|error| alloc::format!("network port: {error}"))?;
-    if let Err(error) = network.switch.restrict(id, MacAddress(mac)) {
+    let address = MacAddress(mac);
+    if let Err(error) = network.switch.restrict(id, address) {
         let _ = network.switch.remove_port(id);
-        return Err(alloc::format!("network card {}: {error}", keel_dmfs::MacAddress(mac)));
+        return Err(alloc::format!("network card {address}: {error}"));
     }
     let ticket = network.next_ticket;
     network.next_ticket += 1;

@@ -1,45 +1,12 @@
 //! Capsule MAC addresses: how they are shown, and the rule the parser and the writer share.
 
-use core::fmt;
-
 use crate::error::CapsuleProblem;
 use crate::layout::MAC_LEN;
 
 /// A MAC address, shown as six lower-case two-digit hex groups separated by `:`
-/// (`02:00:00:00:00:01`), the way `ip link` and most tools print one.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct MacAddress(pub [u8; MAC_LEN]);
-
-impl MacAddress {
-    /// Whether every byte is zero: in an image, the encoding of "no network card".
-    pub fn is_zero(self) -> bool {
-        self.0 == [0; MAC_LEN]
-    }
-
-    /// Whether the individual/group bit (bit 0 of the first byte) is set: a multicast address, or
-    /// the broadcast address `ff:ff:ff:ff:ff:ff`. No single card may own one.
-    pub fn is_multicast(self) -> bool {
-        self.0[0] & 0x01 != 0
-    }
-
-    /// Whether this is the broadcast address, all bits set.
-    pub fn is_broadcast(self) -> bool {
-        self.0 == [0xff; MAC_LEN]
-    }
-}
-
-impl fmt::Display for MacAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl fmt::Debug for MacAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+/// (`02:00:00:00:00:01`), the way `ip link` and most tools print one. It is the switch's own type,
+/// so an address read from an image and one seen on the wire are the same thing.
+pub use keel_switch::MacAddress;
 
 /// Checks that `mac` can be a network card's own address: not all zero (which an image reads as
 /// "no network card", so writing it would silently drop the card) and not a multicast or broadcast

@@ -68,8 +68,8 @@ impl fmt::Display for PortId {
     }
 }
 
-/// An Ethernet MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// An Ethernet MAC address (the default is 00:00:00:00:00:00).
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MacAddress(pub [u8; 6]);
 
 impl MacAddress {
