@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::error::{DeviceError, RequestError};
-use crate::mmio::Device;
+use crate::mmio::{copy_config, Device};
 use crate::queue::{Completion, DescriptorChain, GuestMemory, Virtqueue};
 use crate::VIRTIO_ID_BLOCK;
 
@@ -400,12 +400,7 @@ impl<B: BlockBackend> Device for VirtioBlock<B> {
     }
 
     fn read_config(&self, offset: u32, data: &mut [u8]) {
-        let config = self.config_bytes();
-        let start = offset as usize;
-        match config.get(start..start + data.len()) {
-            Some(bytes) => data.copy_from_slice(bytes),
-            None => data.fill(0),
-        }
+        copy_config(&self.config_bytes(), offset, data);
     }
 
     fn queue_count(&self) -> u16 {

@@ -105,6 +105,16 @@ pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 /// Transport features this implementation offers to every driver.
 const TRANSPORT_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC;
 
+/// Copies the `data.len()` bytes at `offset` of a device's configuration space `config` into
+/// `data`, or zeros where the range runs past it: what a [`Device::read_config`] usually does.
+pub(crate) fn copy_config(config: &[u8], offset: u32, data: &mut [u8]) {
+    let start = offset as usize;
+    match config.get(start..start.saturating_add(data.len())) {
+        Some(bytes) => data.copy_from_slice(bytes),
+        None => data.fill(0),
+    }
+}
+
 /// A virtio device model behind the transport.
 pub trait Device {
     /// `DeviceID`: the virtio device type.

@@ -51,7 +51,7 @@ use core::fmt;
 use core::ops::Deref;
 
 use crate::error::{DeviceError, RequestError};
-use crate::mmio::Device;
+use crate::mmio::{copy_config, Device};
 use crate::queue::{DescriptorChain, GuestMemory, Virtqueue};
 use crate::VIRTIO_ID_NET;
 
@@ -479,11 +479,7 @@ impl Device for VirtioNet {
         config[CONFIG_MAC..CONFIG_MAC + 6].copy_from_slice(&self.mac);
         config[CONFIG_STATUS..CONFIG_STATUS + 2]
             .copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        let start = offset as usize;
-        match config.get(start..start.saturating_add(data.len())) {
-            Some(bytes) => data.copy_from_slice(bytes),
-            None => data.fill(0),
-        }
+        copy_config(&config, offset, data);
     }
 
     fn queue_count(&self) -> u16 {
