@@ -143,12 +143,12 @@ pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
 /// idle guest pays one exit per period for it.
 const TIMER_WATCHDOG_MICROSECONDS: u64 = 1_000_000;
 
-/// On a host timer exit with Sstc: a guest timer that is already due is written again, which raises its
-/// interrupt afresh. Where no interrupt was lost this changes nothing: VSTIP stays pending until the guest
-/// moves its deadline.
-fn repair_guest_timer() {
+/// On a host timer exit with Sstc (taken at `now`): a guest timer that is already due is written again, which
+/// raises its interrupt afresh. Where no interrupt was lost this changes nothing: VSTIP stays pending until the
+/// guest moves its deadline.
+fn repair_guest_timer(now: u64) {
     let deadline = csr::vstimecmp::read();
-    if deadline <= csr::time::read() {
+    if deadline <= now {
         csr::vstimecmp::write(deadline);
     }
 }
@@ -281,7 +281,7 @@ fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -
             sched::arm_timer(u64::MAX);
             let now = csr::time::read();
             if PLATFORM.get().is_some_and(|p| p.sstc) {
-                repair_guest_timer();
+                repair_guest_timer(now);
             } else if now >= vcpu.guest_deadline {
                 // Without Sstc the guest's timer is Keel's: forward it as VSTIP.
                 csr::hvip::set(bits::IRQ_VS_TIMER);
