@@ -55,6 +55,16 @@ pub fn hart_start(hartid: usize, start: usize, opaque: usize) -> Result<(), Firm
     call(EID_HSM, 0, hartid, start, opaque).map(|_| ())
 }
 
+/// SBI's "already available" error: `hart_start` of a hart that is not stopped.
+pub const ERROR_ALREADY_AVAILABLE: isize = -6;
+/// HSM hart state "stopped".
+const HART_STOPPED: usize = 1;
+
+/// Whether the firmware reports hart `hartid` as stopped (and so startable).
+pub fn hart_stopped(hartid: usize) -> bool {
+    call(EID_HSM, 2, hartid, 0, 0) == Ok(HART_STOPPED)
+}
+
 /// Raises a supervisor software interrupt on the harts in `mask` (relative to `base`).
 pub fn send_ipi(mask: usize, base: usize) -> Result<(), FirmwareError> {
     call(EID_IPI, 0, mask, base, 0).map(|_| ())

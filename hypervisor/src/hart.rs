@@ -53,7 +53,20 @@ pub fn start_secondaries(hartids: impl Iterator<Item = usize>) {
             continue;
         };
         let top = stack + STACK_SIZE;
-        if let Err(error) = firmware::hart_start(hartid, keel_secondary_start as *const () as usize, top) {
+        let entry = keel_secondary_start as *const () as usize;
+        let mut started = firmware::hart_start(hartid, entry, top);
+        if started == Err(firmware::FirmwareError(firmware::ERROR_ALREADY_AVAILABLE)) {
+            // The firmware sent this hart into Keel's entry as well (some do, now and then); it lost the boot
+            // lottery there and is handing itself back (`_start`). Start it properly once it has.
+            for _ in 0..100_000 {
+                if firmware::hart_stopped(hartid) {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            started = firmware::hart_start(hartid, entry, top);
+        }
+        if let Err(error) = started {
             log::warn!("firmware could not start hart {hartid}: SBI error {}", error.0);
         }
     }

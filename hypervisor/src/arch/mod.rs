@@ -152,6 +152,11 @@ global_asm!(
 _start:
     csrw sie, zero
     mv tp, a0
+    /* One hart boots Keel. A firmware that sends more than one here (some do) gets the others back. */
+    lla t0, keel_boot_lottery
+    li t1, 1
+    amoswap.w t1, t1, (t0)
+    bnez t1, 5f
     la sp, __boot_stack_top
     la t0, __bss_start
     la t1, __bss_end
@@ -162,6 +167,18 @@ _start:
 2:  call keel_boot_main
 3:  wfi
     j 3b
+    /* Lost the lottery: stop through SBI HSM (hart_stop), so that the boot hart can start this hart as a
+       secondary. It must not touch the stack or .bss, which the boot hart owns. */
+5:  li a7, 0x48534D
+    li a6, 1
+    ecall
+6:  wfi
+    j 6b
+
+    .section .data
+    .align 2
+keel_boot_lottery:
+    .word 0
 
     .text
     .global keel_secondary_start
