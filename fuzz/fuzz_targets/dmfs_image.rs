@@ -53,6 +53,12 @@ fn check(data: &[u8]) {
         message.parts().iter().map(|part| part.len()).sum::<usize>(),
         image.len()
     );
+    // Scheme 2's chunks cover the message exactly once.
+    let chunked: usize = (0..=message.chunk_count())
+        .flat_map(|index| message.chunk(index))
+        .map(<[u8]>::len)
+        .sum();
+    assert_eq!(chunked, image.len());
     let _ = image.verify(&PUBLIC_KEY);
 
     let range = bytes.as_ptr_range();

@@ -138,9 +138,8 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
         }
     }
     let enabled: Vec<usize> = host.harts.iter().filter(|h| h.enabled).map(|h| h.hartid as usize).collect();
-    hart::start_secondaries(enabled.iter().copied());
-    // The other harts take a while to come up; the image check needs none of them, so it runs meanwhile.
-    let image = check_bundled_image();
+    // The other harts start while the bundled image is being checked, and hash parts of it as they come up.
+    let image = check_bundled_image(|| hart::start_secondaries(enabled.iter().copied()));
     hart::wait_online(enabled.len().min(hart::MAX_HARTS));
     let mut online_harts = alloc::vec![hartid];
     online_harts.extend(enabled.iter().copied().filter(|&h| h != hartid && h < hart::MAX_HARTS));
@@ -260,13 +259,14 @@ pub fn start_capsule_by_name(name: &str) -> Result<Arc<Capsule>, StartError> {
 }
 
 /// Checks the bundled manifest image's signature and format, or stops Keel saying why it cannot be used.
-fn check_bundled_image() -> &'static keel_dmfs::Image<'static> {
+/// `start_others` starts the other harts, which help with the check.
+fn check_bundled_image(start_others: impl FnOnce()) -> &'static keel_dmfs::Image<'static> {
     let bundled: &'static [u8] = &BUNDLED.0;
     if bundled.is_empty() {
         fatal(format_args!("this build has no bundled manifest image: nothing to run (build with `cargo xtask build`)"));
     }
     // Nothing of the image is read before its signature is checked.
-    let image = verify::check_bundled_image(bundled);
+    let image = verify::check_bundled_image(bundled, start_others);
     if image.boot_capsule().is_none() {
         fatal(format_args!("the bundled manifest image has no boot capsule"));
     }
@@ -296,6 +296,7 @@ fn start_capsules(image: &'static keel_dmfs::Image<'static>) {
 extern "C" fn keel_secondary_main(_hartid: usize, _stack_top: usize) -> ! {
     arch::install_host_trap_vector();
     hart::mark_online();
+    verify::help_check();
     // Wait for the boot hart to finish examining the machine (and checking the bundled image), asleep.
     hart::sleep_until(|| PLATFORM.get().is_some());
     run::init_hart();

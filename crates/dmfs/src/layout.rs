@@ -44,6 +44,16 @@ pub const MEMORY_GRANULE: u64 = 2 * 1024 * 1024;
 pub const SIGNATURE_NONE: u32 = 0;
 /// `signature_scheme` value meaning "Ed25519 (RFC 8032, pure) over the signed message".
 pub const SIGNATURE_ED25519: u32 = 1;
+/// `signature_scheme` value meaning "Ed25519 (RFC 8032, pure) over the SHA-512 digests of the signed
+/// message's chunks": the chunks can be hashed on several processors at once.
+pub const SIGNATURE_ED25519_CHUNKS: u32 = 2;
+/// Scheme 2 hashes the signed message in chunks of this many bytes (the last one may be shorter).
+pub const SIGNATURE_CHUNK_SIZE: usize = 256 * 1024;
+/// Scheme 2's digest list starts with this tag, which no scheme-1 message can be mistaken for (those
+/// start with [`MAGIC`]).
+pub const SIGNATURE_CHUNKS_TAG: [u8; 8] = *b"DMFSCHK1";
+/// Length of a SHA-512 digest: one per chunk in scheme 2's digest list.
+pub const CHUNK_DIGEST_LEN: usize = 64;
 /// Length of an Ed25519 public key, and of the secret seed a key pair is derived from.
 pub const KEY_LEN: usize = 32;
 /// Length of the key id stored in a signed image's header: the first bytes of the public key.
@@ -69,7 +79,8 @@ pub mod header {
     pub const CAPSULE_COUNT: usize = 0x20;
     /// `u32`: size of one capsule record.
     pub const RECORD_SIZE: usize = 0x24;
-    /// `u32`: signature scheme, [`super::SIGNATURE_NONE`] or [`super::SIGNATURE_ED25519`].
+    /// `u32`: signature scheme, [`super::SIGNATURE_NONE`], [`super::SIGNATURE_ED25519`] or
+    /// [`super::SIGNATURE_ED25519_CHUNKS`].
     pub const SIGNATURE_SCHEME: usize = 0x28;
     /// `[u8; 8]`: id of the key that signed the image (the first 8 bytes of its public key), zero
     /// while unsigned.

@@ -13,7 +13,8 @@
 //! `FORMAT.md` next to this crate's manifest and mirrored by the constants in [`layout`].
 //!
 //! Images may carry an Ed25519 signature over their whole contents. With the `ed25519` feature,
-//! [`verify`] (or [`Image::verify`]) checks it against a public key and [`sign`] makes one.
+//! [`verify`] (or [`Image::verify`]) checks it against a public key, and [`SignatureCheck`] lets
+//! several processors share the hashing; with `alloc` as well, [`sign`] makes one.
 //! The checksum stays separate: it reports accidental corruption, the signature forgery.
 
 #![cfg_attr(not(test), no_std)]
@@ -39,7 +40,11 @@ pub use error::{CapsuleProblem, DiskLocation, DiskProblem, Field, FieldProblem, 
 pub use mac::{check_mac, MacAddress};
 pub use parse::{Capsules, Image};
 #[cfg(feature = "ed25519")]
-pub use signature::{public_key, sign, verify, verify_and_parse, SignatureError};
+pub use signature::{
+    public_key, verify, verify_and_parse, ChunkDigest, SignatureCheck, SignatureError,
+};
+#[cfg(all(feature = "ed25519", feature = "alloc"))]
+pub use signature::{sign, sign_with};
 pub use signature::{KeyId, SignatureScheme, SignedMessage};
 #[cfg(feature = "alloc")]
 pub use writer::{BuildError, CapsuleSpec, DiskSpec, ImageBuilder};

@@ -12,7 +12,7 @@ use crate::error::{CapsuleProblem, DiskLocation, Field, FieldProblem, FormatErro
 use crate::layout::{
     flags, header, record, DISK_ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, KEY_ID_LEN, MAC_LEN,
     MAGIC, MAX_CAPSULES, MAX_DISKS, OLDEST_FORMAT_VERSION, PAYLOAD_ALIGNMENT, RECORD_SIZE,
-    SIGNATURE_ED25519, SIGNATURE_NONE, TABLE_ALIGNMENT,
+    SIGNATURE_ED25519, SIGNATURE_ED25519_CHUNKS, SIGNATURE_NONE, TABLE_ALIGNMENT,
 };
 use crate::mac;
 use crate::signature::{KeyId, SignatureScheme, SignedMessage};
@@ -64,6 +64,7 @@ pub struct Image<'a> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Checksum {
     Compute,
+    #[cfg_attr(not(feature = "ed25519"), allow(dead_code, reason = "only signed images skip the sum"))]
     CoveredBySignature,
 }
 
@@ -134,6 +135,7 @@ impl<'a> Image<'a> {
     /// Only for an image whose signature was verified just before (see `verify_and_parse`): the
     /// signature covers the checksum field and every byte the checksum covers, so the sum adds
     /// nothing but a second pass over the whole image.
+    #[cfg(feature = "ed25519")]
     pub(crate) fn parse_signed(bytes: &'a [u8]) -> Result<Self, FormatError> {
         Self::parse_checking(bytes, Checksum::CoveredBySignature)
     }
@@ -157,6 +159,10 @@ impl<'a> Image<'a> {
             SIGNATURE_NONE => (SignatureScheme::Unsigned, header::KEY_ID..HEADER_SIZE),
             SIGNATURE_ED25519 => (
                 SignatureScheme::Ed25519,
+                header::RESERVED..header::SIGNATURE,
+            ),
+            SIGNATURE_ED25519_CHUNKS => (
+                SignatureScheme::Ed25519Chunks,
                 header::RESERVED..header::SIGNATURE,
             ),
             scheme => return Err(FormatError::UnknownSignatureScheme { scheme }),
@@ -329,10 +335,9 @@ impl<'a> Image<'a> {
         let head = self.header();
         match self.scheme {
             SignatureScheme::Unsigned => None,
-            SignatureScheme::Ed25519 => Some(KeyId(bytes_at::<HEADER_SIZE, KEY_ID_LEN>(
-                head,
-                header::KEY_ID,
-            ))),
+            SignatureScheme::Ed25519 | SignatureScheme::Ed25519Chunks => Some(KeyId(
+                bytes_at::<HEADER_SIZE, KEY_ID_LEN>(head, header::KEY_ID),
+            )),
         }
     }
 
@@ -340,7 +345,9 @@ impl<'a> Image<'a> {
     pub fn signature(&self) -> Option<[u8; header::SIGNATURE_LEN]> {
         match self.scheme {
             SignatureScheme::Unsigned => None,
-            SignatureScheme::Ed25519 => Some(bytes_at(self.header(), header::SIGNATURE)),
+            SignatureScheme::Ed25519 | SignatureScheme::Ed25519Chunks => {
+                Some(bytes_at(self.header(), header::SIGNATURE))
+            }
         }
     }
 

@@ -2,16 +2,22 @@
 //!
 //! The signed message is the whole image, `[0, image_length)`, with the 64-byte signature area read
 //! as zeros. The checksum and the key id lie outside that area, so the signature covers them too.
+//! Scheme 1 signs that message itself; scheme 2 signs the list of its chunks' SHA-512 digests, so a
+//! verifier with several processors can hash the chunks at once ([`SignatureCheck`]).
 
 use core::fmt;
 
-use crate::layout::{header, HEADER_SIZE, KEY_ID_LEN, KEY_LEN};
+use crate::layout::{header, HEADER_SIZE, KEY_ID_LEN, KEY_LEN, SIGNATURE_CHUNK_SIZE};
 
+#[cfg(all(feature = "ed25519", feature = "alloc"))]
+use crate::crc::checksum;
 #[cfg(feature = "ed25519")]
 use crate::{
-    crc::checksum,
     error::FormatError,
-    layout::{SIGNATURE_ED25519, SIGNATURE_NONE},
+    layout::{
+        CHUNK_DIGEST_LEN, SIGNATURE_CHUNKS_TAG, SIGNATURE_ED25519, SIGNATURE_ED25519_CHUNKS,
+        SIGNATURE_NONE,
+    },
     parse::{bytes_at, frame, u32_at, Image},
 };
 
@@ -22,6 +28,9 @@ pub enum SignatureScheme {
     Unsigned,
     /// Scheme 1: Ed25519 (RFC 8032, the plain variant) over the signed message.
     Ed25519,
+    /// Scheme 2: Ed25519 (RFC 8032, the plain variant) over the SHA-512 digests of the signed
+    /// message's chunks (`FORMAT.md`, "Signature").
+    Ed25519Chunks,
 }
 
 impl fmt::Display for SignatureScheme {
@@ -29,6 +38,7 @@ impl fmt::Display for SignatureScheme {
         f.write_str(match self {
             Self::Unsigned => "unsigned",
             Self::Ed25519 => "Ed25519",
+            Self::Ed25519Chunks => "Ed25519 over chunk digests",
         })
     }
 }
@@ -107,6 +117,26 @@ impl<'a> SignedMessage<'a> {
     pub fn to_vec(&self) -> alloc::vec::Vec<u8> {
         self.parts().concat()
     }
+
+    /// How many chunks scheme 2 hashes the message in: one per started [`SIGNATURE_CHUNK_SIZE`] bytes.
+    pub fn chunk_count(&self) -> usize {
+        self.len().div_ceil(SIGNATURE_CHUNK_SIZE)
+    }
+
+    /// Chunk `index` of the message, as the pieces of [`Self::parts`] it spans (empty past the end).
+    pub fn chunk(&self, index: usize) -> impl Iterator<Item = &'a [u8]> {
+        let start = index.saturating_mul(SIGNATURE_CHUNK_SIZE);
+        let end = start.saturating_add(SIGNATURE_CHUNK_SIZE);
+        let mut part_start = 0;
+        self.parts().into_iter().filter_map(move |part| {
+            let part_end = part_start + part.len();
+            let from = start.clamp(part_start, part_end) - part_start;
+            let to = end.clamp(part_start, part_end) - part_start;
+            part_start = part_end;
+            let piece = part.get(from..to);
+            piece.filter(|piece| !piece.is_empty())
+        })
+    }
 }
 
 impl fmt::Debug for SignedMessage<'_> {
@@ -168,50 +198,183 @@ impl fmt::Display for SignatureError {
 #[cfg(feature = "ed25519")]
 impl core::error::Error for SignatureError {}
 
+/// The SHA-512 digest of one chunk of a scheme-2 signed message.
+#[cfg(feature = "ed25519")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChunkDigest(pub [u8; CHUNK_DIGEST_LEN]);
+
+#[cfg(feature = "ed25519")]
+impl fmt::Debug for ChunkDigest {
+    /// The first bytes in hex: enough to tell digests apart in a test failure.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChunkDigest(")?;
+        for byte in self.0.iter().take(8) {
+            write!(f, "{byte:02x}")?;
+        }
+        f.write_str("..)")
+    }
+}
+
+/// A signature check that has read the header and is ready to hash the image.
+///
+/// For a scheme-2 image the work splits into [`Self::chunks`] independent pieces: whoever holds the
+/// check can compute [`Self::chunk_digest`] for each chunk, on as many processors as it likes, and
+/// then hands the digests, in chunk order, to [`Self::finish`]. A scheme-1 image has no chunks;
+/// [`Self::finish`] hashes all of it.
+#[cfg(feature = "ed25519")]
+pub struct SignatureCheck<'a> {
+    /// The bytes passed in, padding included (parsing wants them as they came).
+    bytes: &'a [u8],
+    message: SignedMessage<'a>,
+    scheme: SignatureScheme,
+    key: ed25519_dalek::VerifyingKey,
+    signature: ed25519_dalek::Signature,
+}
+
+#[cfg(feature = "ed25519")]
+impl<'a> SignatureCheck<'a> {
+    /// Reads what locates and names the signature (only the header fields a verifier needs, see
+    /// `FORMAT.md`) and refuses at once an image that is unsigned, signed with another key or
+    /// unreadable, or a public key that is unusable. `image` may be followed by padding.
+    pub fn begin(image: &'a [u8], public_key: &[u8; KEY_LEN]) -> Result<Self, SignatureError> {
+        use ed25519_dalek::{Signature, VerifyingKey};
+
+        let (head, framed) = frame(image).map_err(SignatureError::Format)?;
+        let scheme = match u32_at(head, header::SIGNATURE_SCHEME) {
+            SIGNATURE_NONE => return Err(SignatureError::Unsigned),
+            SIGNATURE_ED25519 => SignatureScheme::Ed25519,
+            SIGNATURE_ED25519_CHUNKS => SignatureScheme::Ed25519Chunks,
+            scheme => {
+                return Err(SignatureError::Format(
+                    FormatError::UnknownSignatureScheme { scheme },
+                ))
+            }
+        };
+        let key = VerifyingKey::from_bytes(public_key).map_err(|_| SignatureError::BadPublicKey)?;
+        // A small-order key accepts signatures that took no secret to make.
+        if key.is_weak() {
+            return Err(SignatureError::BadPublicKey);
+        }
+        let expected = KeyId::of(public_key);
+        let found = KeyId(bytes_at(head, header::KEY_ID));
+        if found != expected {
+            return Err(SignatureError::WrongKey {
+                image: found,
+                expected,
+            });
+        }
+        Ok(Self {
+            bytes: image,
+            message: SignedMessage::of(framed),
+            scheme,
+            key,
+            signature: Signature::from_bytes(&bytes_at(head, header::SIGNATURE)),
+        })
+    }
+
+    /// The image's signature scheme (1 or 2).
+    pub fn scheme(&self) -> SignatureScheme {
+        self.scheme
+    }
+
+    /// How many chunk digests [`Self::finish`] needs: none for scheme 1.
+    pub fn chunks(&self) -> usize {
+        match self.scheme {
+            SignatureScheme::Ed25519Chunks => self.message.chunk_count(),
+            SignatureScheme::Unsigned | SignatureScheme::Ed25519 => 0,
+        }
+    }
+
+    /// The SHA-512 digest of chunk `index` of the signed message (of nothing, past the last chunk).
+    pub fn chunk_digest(&self, index: usize) -> ChunkDigest {
+        chunk_digest(&self.message, index)
+    }
+
+    /// Checks the signature, given the digest of every chunk in order (none for scheme 1, whose
+    /// whole message is hashed here). Digests that are not exactly this image's fail as a signature
+    /// that does not verify.
+    pub fn finish(
+        &self,
+        digests: impl IntoIterator<Item = ChunkDigest>,
+    ) -> Result<(), SignatureError> {
+        // The streaming verifier hashes the message piece by piece, so the signature area can be fed
+        // as zeros without copying the image, and the digests as they come.
+        let mut verifier = self
+            .key
+            .verify_stream(&self.signature)
+            .map_err(|_| SignatureError::BadSignature)?;
+        let mut digests = digests.into_iter();
+        match self.scheme {
+            SignatureScheme::Ed25519Chunks => {
+                let chunks = self.chunks();
+                verifier.update(chunks_prefix(self.message.len()));
+                for _ in 0..chunks {
+                    let digest = digests.next().ok_or(SignatureError::BadSignature)?;
+                    verifier.update(digest.0);
+                }
+            }
+            SignatureScheme::Unsigned | SignatureScheme::Ed25519 => {
+                for part in self.message.parts() {
+                    verifier.update(part);
+                }
+            }
+        }
+        if digests.next().is_some() {
+            return Err(SignatureError::BadSignature);
+        }
+        verifier
+            .finalize_and_verify()
+            .map_err(|_| SignatureError::BadSignature)
+    }
+
+    /// [`Self::finish`], then parses the image like [`Image::parse`] without summing its checksum
+    /// again (see [`verify_and_parse`]).
+    pub fn finish_and_parse(
+        &self,
+        digests: impl IntoIterator<Item = ChunkDigest>,
+    ) -> Result<Image<'a>, SignatureError> {
+        self.finish(digests)?;
+        Image::parse_signed(self.bytes).map_err(SignatureError::Unusable)
+    }
+
+    /// Hashes every chunk on this processor and finishes: the whole check, sequentially.
+    fn finish_here(&self) -> Result<(), SignatureError> {
+        self.finish((0..self.chunks()).map(|index| self.chunk_digest(index)))
+    }
+}
+
+/// SHA-512 of chunk `index` of `message`.
+#[cfg(feature = "ed25519")]
+fn chunk_digest(message: &SignedMessage<'_>, index: usize) -> ChunkDigest {
+    use sha2::{Digest as _, Sha512};
+
+    let mut hasher = Sha512::new();
+    for piece in message.chunk(index) {
+        hasher.update(piece);
+    }
+    ChunkDigest(hasher.finalize().into())
+}
+
+/// What scheme 2's digest list starts with: the tag, the chunk size and the image length.
+#[cfg(feature = "ed25519")]
+fn chunks_prefix(image_length: usize) -> [u8; 20] {
+    let mut prefix = [0u8; 20];
+    let (tag, rest) = prefix.split_at_mut(SIGNATURE_CHUNKS_TAG.len());
+    tag.copy_from_slice(&SIGNATURE_CHUNKS_TAG);
+    let (size, length) = rest.split_at_mut(4);
+    size.copy_from_slice(&(SIGNATURE_CHUNK_SIZE as u32).to_le_bytes());
+    length.copy_from_slice(&(image_length as u64).to_le_bytes());
+    prefix
+}
+
 /// Checks that `image` is signed with the secret key belonging to `public_key`.
 ///
 /// Only the header fields that locate the image are read before the signature is checked, so this
-/// can run before [`Image::parse`] looks at anything else. `image` may be followed by padding.
+/// can run before [`Image::parse`] looks at anything else. `image` may be followed by padding. This
+/// hashes the whole image on the calling processor; [`SignatureCheck`] lets several share the work.
 #[cfg(feature = "ed25519")]
 pub fn verify(image: &[u8], public_key: &[u8; KEY_LEN]) -> Result<(), SignatureError> {
-    use ed25519_dalek::{Signature, VerifyingKey};
-
-    let (head, image) = frame(image).map_err(SignatureError::Format)?;
-    match u32_at(head, header::SIGNATURE_SCHEME) {
-        SIGNATURE_NONE => return Err(SignatureError::Unsigned),
-        SIGNATURE_ED25519 => {}
-        scheme => {
-            return Err(SignatureError::Format(
-                FormatError::UnknownSignatureScheme { scheme },
-            ))
-        }
-    }
-    let verifying_key =
-        VerifyingKey::from_bytes(public_key).map_err(|_| SignatureError::BadPublicKey)?;
-    // A small-order key accepts signatures that took no secret to make.
-    if verifying_key.is_weak() {
-        return Err(SignatureError::BadPublicKey);
-    }
-    let expected = KeyId::of(public_key);
-    let found = KeyId(bytes_at(head, header::KEY_ID));
-    if found != expected {
-        return Err(SignatureError::WrongKey {
-            image: found,
-            expected,
-        });
-    }
-    let signature = Signature::from_bytes(&bytes_at(head, header::SIGNATURE));
-    // The streaming verifier hashes the message piece by piece, so the signature area can be fed
-    // as zeros without copying the image.
-    let mut verifier = verifying_key
-        .verify_stream(&signature)
-        .map_err(|_| SignatureError::BadSignature)?;
-    for part in SignedMessage::of(image).parts() {
-        verifier.update(part);
-    }
-    verifier
-        .finalize_and_verify()
-        .map_err(|_| SignatureError::BadSignature)
+    SignatureCheck::begin(image, public_key)?.finish_here()
 }
 
 /// Checks the signature like [`verify`], then parses the image like [`Image::parse`] without summing
@@ -220,7 +383,8 @@ pub fn verify(image: &[u8], public_key: &[u8; KEY_LEN]) -> Result<(), SignatureE
 /// the same result; this one reads the image once instead of twice.
 #[cfg(feature = "ed25519")]
 pub fn verify_and_parse<'a>(image: &'a [u8], public_key: &[u8; KEY_LEN]) -> Result<Image<'a>, SignatureError> {
-    verify(image, public_key)?;
+    let check = SignatureCheck::begin(image, public_key)?;
+    check.finish_here()?;
     Image::parse_signed(image).map_err(SignatureError::Unusable)
 }
 
@@ -240,14 +404,26 @@ pub fn public_key(secret_key: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
         .to_bytes()
 }
 
-/// Signs `image` in place with the key pair whose secret seed is `secret_key`.
+/// Signs `image` in place with the key pair whose secret seed is `secret_key`, with scheme 2
+/// (Ed25519 over chunk digests), which verifiers can check on several processors at once.
 ///
-/// The image must parse; an image that is already signed is signed afresh. The header gets
-/// signature scheme 1 and the key id, the checksum is recomputed (it covers the key id), and the
+/// The image must parse; an image that is already signed is signed afresh. The header gets the
+/// signature scheme and the key id, the checksum is recomputed (it covers the key id), and the
 /// signature goes last because it covers everything else. Bytes of `image` past the declared
 /// image length are left alone.
-#[cfg(feature = "ed25519")]
+#[cfg(all(feature = "ed25519", feature = "alloc"))]
 pub fn sign(image: &mut [u8], secret_key: &[u8; KEY_LEN]) -> Result<(), FormatError> {
+    sign_with(image, secret_key, SignatureScheme::Ed25519Chunks)
+}
+
+/// Signs `image` like [`sign`], with the signature scheme asked for. [`SignatureScheme::Unsigned`]
+/// takes any signature off instead (and gives the image a fresh checksum).
+#[cfg(all(feature = "ed25519", feature = "alloc"))]
+pub fn sign_with(
+    image: &mut [u8],
+    secret_key: &[u8; KEY_LEN],
+    scheme: SignatureScheme,
+) -> Result<(), FormatError> {
     use ed25519_dalek::{Signer as _, SigningKey};
 
     let length = Image::parse(image)?.len();
@@ -259,25 +435,39 @@ pub fn sign(image: &mut [u8], secret_key: &[u8; KEY_LEN]) -> Result<(), FormatEr
         });
     };
     let signing_key = SigningKey::from_bytes(secret_key);
-    let key_id = KeyId::of(&signing_key.verifying_key().to_bytes());
+    let (scheme_value, key_id) = match scheme {
+        SignatureScheme::Unsigned => (SIGNATURE_NONE, KeyId([0; KEY_ID_LEN])),
+        SignatureScheme::Ed25519 => (SIGNATURE_ED25519, KeyId::of(&signing_key.verifying_key().to_bytes())),
+        SignatureScheme::Ed25519Chunks => (
+            SIGNATURE_ED25519_CHUNKS,
+            KeyId::of(&signing_key.verifying_key().to_bytes()),
+        ),
+    };
 
-    put(
-        image,
-        header::SIGNATURE_SCHEME,
-        &SIGNATURE_ED25519.to_le_bytes(),
-    );
+    put(image, header::SIGNATURE_SCHEME, &scheme_value.to_le_bytes());
     put(image, header::KEY_ID, &key_id.0);
     put(image, header::SIGNATURE, &ZERO_SIGNATURE);
     let sum = checksum(image);
     put(image, header::CHECKSUM, &sum.to_le_bytes());
     // The signature area is zero now, so the buffer is exactly the signed message.
-    let signature = signing_key.sign(image);
+    let signature = match scheme {
+        SignatureScheme::Unsigned => return Ok(()),
+        SignatureScheme::Ed25519 => signing_key.sign(image),
+        SignatureScheme::Ed25519Chunks => {
+            let message = SignedMessage::of(image);
+            let mut digest_list = chunks_prefix(message.len()).to_vec();
+            for index in 0..message.chunk_count() {
+                digest_list.extend_from_slice(&chunk_digest(&message, index).0);
+            }
+            signing_key.sign(&digest_list)
+        }
+    };
     put(image, header::SIGNATURE, &signature.to_bytes());
     Ok(())
 }
 
 /// Copies `bytes` into the header of a parsed image, at a fixed offset from the layout.
-#[cfg(feature = "ed25519")]
+#[cfg(all(feature = "ed25519", feature = "alloc"))]
 fn put(image: &mut [u8], offset: usize, bytes: &[u8]) {
     if let Some(target) = offset
         .checked_add(bytes.len())
@@ -321,5 +511,9 @@ mod tests {
     fn scheme_names() {
         assert_eq!(SignatureScheme::Unsigned.to_string(), "unsigned");
         assert_eq!(SignatureScheme::Ed25519.to_string(), "Ed25519");
+        assert_eq!(
+            SignatureScheme::Ed25519Chunks.to_string(),
+            "Ed25519 over chunk digests"
+        );
     }
 }

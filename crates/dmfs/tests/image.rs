@@ -271,8 +271,8 @@ fn rejects_bad_header_fields() {
         Err(FormatError::BadRecordSize { found: 128 })
     );
     assert_eq!(
-        corrupt(|i| set_u32(i, header::SIGNATURE_SCHEME, 2)),
-        Err(FormatError::UnknownSignatureScheme { scheme: 2 })
+        corrupt(|i| set_u32(i, header::SIGNATURE_SCHEME, 3)),
+        Err(FormatError::UnknownSignatureScheme { scheme: 3 })
     );
     // An unsigned image has no key id.
     assert_eq!(

@@ -4,11 +4,14 @@ mod common;
 
 use common::{build, reseal, XorShift, MIB};
 use ed25519_dalek::{Signature, VerifyingKey};
-use keel_dmfs::layout::{header, HEADER_SIZE, KEY_LEN, SIGNATURE_ED25519};
-use keel_dmfs::{
-    public_key, sign, verify, verify_and_parse, CapsuleSpec, FormatError, Image, KeyId, SignatureError,
-    SignatureScheme,
+use keel_dmfs::layout::{
+    header, HEADER_SIZE, KEY_LEN, SIGNATURE_CHUNK_SIZE, SIGNATURE_ED25519, SIGNATURE_ED25519_CHUNKS,
 };
+use keel_dmfs::{
+    public_key, sign, sign_with, verify, verify_and_parse, CapsuleSpec, ChunkDigest, FormatError, Image, KeyId,
+    SignatureCheck, SignatureError, SignatureScheme,
+};
+use sha2::{Digest as _, Sha512};
 
 /// RFC 8032, section 7.1, test 1: a known secret seed and its public key.
 const RFC_SECRET: [u8; KEY_LEN] = [
@@ -59,33 +62,165 @@ fn signed_image_verifies_and_still_parses() {
     assert_eq!(verify(&image, &RFC_PUBLIC), Ok(()));
 
     let parsed = Image::parse(&image).expect("a signed image parses");
-    assert_eq!(parsed.signature_scheme(), SignatureScheme::Ed25519);
+    assert_eq!(parsed.signature_scheme(), SignatureScheme::Ed25519Chunks);
     assert_eq!(parsed.key_id(), Some(KeyId::of(&RFC_PUBLIC)));
     assert_eq!(parsed.verify(&RFC_PUBLIC), Ok(()));
     assert_eq!(
         u32::from_le_bytes(image[header::SIGNATURE_SCHEME..][..4].try_into().unwrap()),
-        SIGNATURE_ED25519
+        SIGNATURE_ED25519_CHUNKS
     );
     // Signing changes nothing but the header.
     assert_eq!(image[HEADER_SIZE..], unsigned_image()[HEADER_SIZE..]);
 }
 
+/// Scheme 2's signed digest list, computed from `FORMAT.md` alone: the tag, the chunk size and the image length,
+/// then the SHA-512 of each 256 KiB chunk of the message.
+fn documented_digest_list(message: &[u8]) -> Vec<u8> {
+    let mut list = b"DMFSCHK1".to_vec();
+    list.extend_from_slice(&(256u32 * 1024).to_le_bytes());
+    list.extend_from_slice(&(message.len() as u64).to_le_bytes());
+    for chunk in message.chunks(256 * 1024) {
+        list.extend_from_slice(&Sha512::digest(chunk));
+    }
+    list
+}
+
 #[test]
 fn signature_is_plain_ed25519_over_the_documented_message() {
-    let image = signed_image();
-    let parsed = Image::parse(&image).unwrap();
-    let message = parsed.signed_message().to_vec();
-    assert_eq!(message.len(), image.len());
-    assert!(message[header::SIGNATURE..HEADER_SIZE]
-        .iter()
-        .all(|&b| b == 0));
-    assert_eq!(message[..header::SIGNATURE], image[..header::SIGNATURE]);
-    assert_eq!(message[HEADER_SIZE..], image[HEADER_SIZE..]);
+    for image in [signed_image(), signed_large_image()] {
+        let parsed = Image::parse(&image).unwrap();
+        let message = parsed.signed_message().to_vec();
+        assert_eq!(message.len(), image.len());
+        assert!(message[header::SIGNATURE..HEADER_SIZE].iter().all(|&b| b == 0));
+        assert_eq!(message[..header::SIGNATURE], image[..header::SIGNATURE]);
+        assert_eq!(message[HEADER_SIZE..], image[HEADER_SIZE..]);
 
-    // An independent, non-streaming check with the strictest verification the library offers.
+        // An independent, non-streaming check with the strictest verification the library offers.
+        let signature = Signature::from_bytes(&parsed.signature().unwrap());
+        let key = VerifyingKey::from_bytes(&RFC_PUBLIC).unwrap();
+        let list = documented_digest_list(&message);
+        assert_eq!(list.len(), 20 + 64 * message.len().div_ceil(256 * 1024));
+        assert!(key.verify_strict(&list, &signature).is_ok());
+    }
+}
+
+#[test]
+fn scheme_1_images_still_verify() {
+    let mut image = unsigned_image();
+    sign_with(&mut image, &RFC_SECRET, SignatureScheme::Ed25519).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(image[header::SIGNATURE_SCHEME..][..4].try_into().unwrap()),
+        SIGNATURE_ED25519
+    );
+    let parsed = Image::parse(&image).unwrap();
+    assert_eq!(parsed.signature_scheme(), SignatureScheme::Ed25519);
+    assert_eq!(verify(&image, &RFC_PUBLIC), Ok(()));
+    assert!(verify_and_parse(&image, &RFC_PUBLIC).is_ok());
+    // Scheme 1 signs the message itself.
     let signature = Signature::from_bytes(&parsed.signature().unwrap());
     let key = VerifyingKey::from_bytes(&RFC_PUBLIC).unwrap();
-    assert!(key.verify_strict(&message, &signature).is_ok());
+    assert!(key.verify_strict(&parsed.signed_message().to_vec(), &signature).is_ok());
+    // It has no chunks to share out.
+    let check = SignatureCheck::begin(&image, &RFC_PUBLIC).unwrap();
+    assert_eq!(check.chunks(), 0);
+    assert_eq!(check.finish([]), Ok(()));
+
+    let at = kernel_offset(&image) + 100;
+    image[at] ^= 0x01;
+    reseal(&mut image);
+    assert_eq!(verify(&image, &RFC_PUBLIC), Err(SignatureError::BadSignature));
+
+    // The scheme field is signed: a scheme-2 signature does not pass as scheme 1, nor the reverse.
+    let mut relabelled = signed_image();
+    relabelled[header::SIGNATURE_SCHEME] = SIGNATURE_ED25519 as u8;
+    assert_eq!(verify(&relabelled, &RFC_PUBLIC), Err(SignatureError::BadSignature));
+}
+
+/// An image of several chunks, the last one short: a kernel of 800 KiB and an initrd of 100 KiB.
+fn signed_large_image() -> Vec<u8> {
+    let mut random = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut bytes = |length: usize| (0..length).map(|_| random.next() as u8).collect::<Vec<u8>>();
+    let mut image = build(vec![CapsuleSpec {
+        name: "boot".into(),
+        kernel: bytes(800 * 1024),
+        initrd: Some(bytes(100 * 1024)),
+        cmdline: "console=ttyS0".into(),
+        memory: 64 * MIB,
+        boot: true,
+        ..CapsuleSpec::default()
+    }])
+    .unwrap();
+    sign(&mut image, &RFC_SECRET).unwrap();
+    image
+}
+
+#[test]
+fn chunks_can_be_hashed_in_any_order() {
+    let image = signed_large_image();
+    let check = SignatureCheck::begin(&image, &RFC_PUBLIC).unwrap();
+    assert_eq!(check.scheme(), SignatureScheme::Ed25519Chunks);
+    let chunks = check.chunks();
+    assert_eq!(chunks, image.len().div_ceil(SIGNATURE_CHUNK_SIZE));
+    assert!(chunks >= 3 && !image.len().is_multiple_of(SIGNATURE_CHUNK_SIZE));
+
+    // As several harts would: last chunk first, each into its own slot.
+    let mut digests = vec![ChunkDigest([0; 64]); chunks];
+    for index in (0..chunks).rev() {
+        digests[index] = check.chunk_digest(index);
+    }
+    // Each digest is the SHA-512 of that chunk of the message (signature area read as zeros).
+    let message = Image::parse(&image).unwrap().signed_message().to_vec();
+    for (index, chunk) in message.chunks(SIGNATURE_CHUNK_SIZE).enumerate() {
+        assert_eq!(digests[index].0[..], Sha512::digest(chunk)[..], "chunk {index}");
+    }
+    assert_eq!(check.finish(digests.iter().copied()), Ok(()));
+    let parsed = check.finish_and_parse(digests.iter().copied()).unwrap();
+    assert_eq!(parsed.len(), image.len());
+
+    // Digests out of order, one missing, one too many, one wrong: none verifies.
+    let mut swapped = digests.clone();
+    swapped.swap(0, 1);
+    assert_eq!(check.finish(swapped), Err(SignatureError::BadSignature));
+    assert_eq!(check.finish(digests[1..].iter().copied()), Err(SignatureError::BadSignature));
+    let mut extra = digests.clone();
+    extra.push(check.chunk_digest(chunks));
+    assert_eq!(check.finish(extra), Err(SignatureError::BadSignature));
+    let mut wrong = digests.clone();
+    wrong[chunks - 1].0[5] ^= 1;
+    assert_eq!(check.finish(wrong), Err(SignatureError::BadSignature));
+}
+
+#[test]
+fn a_change_in_any_chunk_is_caught() {
+    let original = signed_large_image();
+    let chunks = original.len().div_ceil(SIGNATURE_CHUNK_SIZE);
+    for index in 0..chunks {
+        // A byte in the middle of the chunk, and the chunk's last byte (the image's last for the last chunk).
+        let end = ((index + 1) * SIGNATURE_CHUNK_SIZE).min(original.len());
+        for at in [index * SIGNATURE_CHUNK_SIZE + 1000, end - 1] {
+            let mut image = original.clone();
+            image[at] ^= 0x80;
+            reseal(&mut image);
+            assert_eq!(verify(&image, &RFC_PUBLIC), Err(SignatureError::BadSignature), "byte {at:#x}");
+        }
+    }
+    // A chunk of the same length moved elsewhere is caught too.
+    let mut image = original.clone();
+    let (first, second) = image.split_at_mut(2 * SIGNATURE_CHUNK_SIZE);
+    first[SIGNATURE_CHUNK_SIZE..].swap_with_slice(&mut second[..SIGNATURE_CHUNK_SIZE]);
+    reseal(&mut image);
+    assert_eq!(verify(&image, &RFC_PUBLIC), Err(SignatureError::BadSignature));
+}
+
+#[test]
+fn checks_refuse_before_hashing() {
+    let image = signed_large_image();
+    assert!(matches!(SignatureCheck::begin(&unsigned_image(), &RFC_PUBLIC), Err(SignatureError::Unsigned)));
+    assert!(matches!(
+        SignatureCheck::begin(&image, &public_key(&OTHER_SECRET)),
+        Err(SignatureError::WrongKey { .. })
+    ));
+    assert!(matches!(SignatureCheck::begin(&image, &[0; KEY_LEN]), Err(SignatureError::BadPublicKey)));
 }
 
 #[test]
@@ -329,7 +464,7 @@ fn random_flips_never_verify() {
 fn sign_as_is(image: &mut [u8], secret: &[u8; KEY_LEN]) {
     use ed25519_dalek::{Signer as _, SigningKey};
     image[header::SIGNATURE..HEADER_SIZE].fill(0);
-    let signature = SigningKey::from_bytes(secret).sign(image);
+    let signature = SigningKey::from_bytes(secret).sign(&documented_digest_list(image));
     image[header::SIGNATURE..HEADER_SIZE].copy_from_slice(&signature.to_bytes());
 }
 
