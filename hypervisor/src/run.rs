@@ -376,6 +376,12 @@ fn inject_exception(vcpu: &mut Vcpu, code: u64, tval: u64) {
 /// Reads the instruction at the guest's pc through its own translation (HLVX), for MMIO decoding when `htinst`
 /// does not give it.
 fn fetch_guest_instruction(pc: u64) -> Result<u32, u64> {
+    if pc.is_multiple_of(4) {
+        // Four aligned bytes lie in one page, so when the first two are fetchable the next two are too: one walk
+        // instead of two. A compressed instruction keeps only its own half.
+        let word = arch::guest_fetch_u32(pc)?;
+        return Ok(if word & 3 == 3 { word } else { word & 0xffff });
+    }
     let low = arch::guest_fetch_u16(pc)? as u32;
     if low & 3 != 3 {
         return Ok(low);
@@ -471,6 +477,11 @@ fn mmio_read(vcpu: &mut Vcpu, gpa: u64, width: u8) -> Result<u64, ()> {
     }
     let mut devices = capsule.devices.lock();
     let value = if let Some(offset) = in_window(gpa, capsule::UART_BASE, capsule::UART_SIZE, width) {
+        if !devices.uart.read_changes_state(offset) {
+            // Polling the line status while the guest waits to transmit, above all: nothing moved, so no input
+            // to refill and no interrupt line to recompute.
+            return Ok(devices.uart.read(offset) as u64);
+        }
         let value = devices.uart.read(offset);
         devices.pump_input(&capsule.memory);
         value as u64
