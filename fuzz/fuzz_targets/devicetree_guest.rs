@@ -104,6 +104,7 @@ fuzz_target!(|input: Input| {
         timebase_frequency: input.timebase_frequency,
         bootargs: &input.bootargs,
         initrd: input.initrd,
+        rng_seed: Some(input.model.as_bytes()),
         uart: GuestUart {
             base: page(input.uart.0, 0x1000_0000),
             size: size(input.uart.1),

@@ -58,11 +58,18 @@ impl Platform {
     }
 }
 
+/// Bytes of `/chosen/rng-seed` a capsule's tree gets (QEMU gives a kernel booted directly 32).
+const RNG_SEED_BYTES: usize = 64;
+
 /// Builds the device tree a capsule sees.
 pub fn guest_tree(platform: &Platform, capsule: &Capsule, initrd: Option<(u64, u64)>) -> Result<Vec<u8>, String> {
     let isa = platform.guest_isa_string();
     let virtio = crate::vdev::tree_nodes(&capsule.devices.lock().virtio);
     let extensions: Vec<&str> = platform.guest_isa_extensions.iter().map(String::as_str).collect();
+    // Fresh bytes from the machine's entropy device for every boot of every capsule, so the guest's kernel has a
+    // seeded random-number generator from its first instruction on (without a device, the guest waits for one).
+    let mut seed = [0u8; RNG_SEED_BYTES];
+    let seeded = crate::hostdev::fill_entropy(&mut seed);
     let config = GuestTreeConfig {
         model: "Keel capsule",
         memory: Region { base: capsule.memory.base(), size: capsule.memory.size() },
@@ -74,6 +81,7 @@ pub fn guest_tree(platform: &Platform, capsule: &Capsule, initrd: Option<(u64, u
         timebase_frequency: platform.host.timebase_frequency as u32,
         bootargs: capsule.definition.cmdline,
         initrd,
+        rng_seed: seeded.then_some(&seed[..]),
         uart: GuestUart {
             base: capsule::UART_BASE,
             size: capsule::UART_SIZE,

@@ -73,6 +73,9 @@ pub struct GuestTreeConfig<'a> {
     pub bootargs: &'a str,
     /// `(linux,initrd-start, linux,initrd-end)`: guest-physical, end exclusive.
     pub initrd: Option<(u64, u64)>,
+    /// `rng-seed`: random bytes for the guest's kernel to seed its random-number generator with at boot, as
+    /// QEMU and firmware give a kernel booted directly. Left out when `None` or empty.
+    pub rng_seed: Option<&'a [u8]>,
     pub uart: GuestUart,
     pub plic: GuestPlic,
     pub virtio_mmio: &'a [GuestVirtio],
@@ -307,6 +310,9 @@ fn write_chosen(writer: &mut FdtWriter, config: &GuestTreeConfig<'_>) -> Result<
     if let Some((start, end)) = config.initrd {
         writer.property_u64("linux,initrd-start", start)?;
         writer.property_u64("linux,initrd-end", end)?;
+    }
+    if let Some(seed) = config.rng_seed.filter(|seed| !seed.is_empty()) {
+        writer.property("rng-seed", seed)?;
     }
     writer.end_node(chosen)?;
     Ok(())

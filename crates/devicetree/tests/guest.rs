@@ -21,6 +21,8 @@ const VIRTIO: &[GuestVirtio] = &[
     },
 ];
 
+const SEED: [u8; 8] = [0x5e, 0xed, 0x00, 0x01, 0x02, 0x03, 0xfe, 0xff];
+
 fn config(vcpus: u32) -> GuestTreeConfig<'static> {
     GuestTreeConfig {
         model: "keel,capsule",
@@ -36,6 +38,7 @@ fn config(vcpus: u32) -> GuestTreeConfig<'static> {
         timebase_frequency: 10_000_000,
         bootargs: "console=ttyS0 earlycon",
         initrd: Some((0x8800_0000, 0x8820_0000)),
+        rng_seed: Some(&SEED),
         uart: GuestUart {
             base: 0x1000_0000,
             size: 0x100,
@@ -131,6 +134,7 @@ fn check_tree(vcpus: u32) {
     assert_eq!(str_prop(chosen, "stdout-path"), "/soc/serial@10000000");
     assert_eq!(u64_prop(chosen, "linux,initrd-start"), 0x8800_0000);
     assert_eq!(u64_prop(chosen, "linux,initrd-end"), 0x8820_0000);
+    assert_eq!(chosen.property("rng-seed").expect("rng-seed").value, SEED);
     assert_eq!(
         fdt.chosen().stdout().map(|node| node.name),
         Some("serial@10000000")
@@ -304,6 +308,15 @@ fn no_initrd_and_no_virtio() {
     assert!(chosen.property("linux,initrd-start").is_none());
     assert!(chosen.property("linux,initrd-end").is_none());
     assert!(fdt.find_compatible(&["virtio,mmio"]).is_none());
+}
+
+#[test]
+fn no_entropy_means_no_rng_seed() {
+    for rng_seed in [None, Some(&[][..])] {
+        let blob = build_guest_tree(&GuestTreeConfig { rng_seed, ..config(1) }).expect("valid configuration");
+        let fdt = Fdt::new(&blob).expect("blob parses");
+        assert!(fdt.find_node("/chosen").expect("/chosen").property("rng-seed").is_none());
+    }
 }
 
 #[test]
