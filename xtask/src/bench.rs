@@ -33,9 +33,19 @@ pub struct Options {
     pub reps: Option<u32>,
     /// Run only the benchmarks whose names contain one of these words.
     pub only: Vec<String>,
-    pub qemu_binary: Option<PathBuf>,
+    pub qemu: QemuChoice,
     /// How long the exit benchmarks idle or stay busy.
     pub seconds: Option<u64>,
+}
+
+/// Which QEMU the benchmarks run on.
+pub enum QemuChoice {
+    /// `qemu-system-riscv64` from PATH (QEMU 7.2 on Debian 12).
+    Machine,
+    /// QEMU 10.0 from bookworm-backports, unpacked into the cache.
+    Backports,
+    /// A binary named on the command line.
+    Binary(PathBuf),
 }
 
 /// Every benchmark, in the order they run, with what it measures.
@@ -180,11 +190,11 @@ pub fn run(workspace: &Workspace, options: &Options) -> Result<bool> {
         DEFAULT_INTERVAL_SECONDS
     });
 
-    let qemu = options
-        .qemu_binary
-        .as_deref()
-        .map(Qemu::at)
-        .unwrap_or_else(Qemu::system);
+    let qemu = match &options.qemu {
+        QemuChoice::Machine => Qemu::system(),
+        QemuChoice::Backports => qemu::qemu10(&workspace.cache)?,
+        QemuChoice::Binary(binary) => Qemu::at(binary),
+    };
     let started_unix = report::now_unix_seconds();
     let (date_utc, stamp) = report::utc_timestamps(started_unix);
     let host = report::host();

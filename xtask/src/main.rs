@@ -85,8 +85,12 @@ struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: Option<u64>,
     /// QEMU binary to run (default: qemu-system-riscv64 from PATH).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "qemu_10")]
     qemu: Option<PathBuf>,
+    /// Run on QEMU 10.0 from Debian's bookworm-backports (fetched and unpacked into the cache on first use) instead
+    /// of the machine's QEMU.
+    #[arg(long = "qemu-10")]
+    qemu_10: bool,
 }
 
 #[derive(Args)]
@@ -266,7 +270,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 quick: args.quick,
                 reps: args.reps,
                 only: args.only,
-                qemu_binary: args.qemu,
+                qemu: match (args.qemu, args.qemu_10) {
+                    (Some(binary), _) => bench::QemuChoice::Binary(binary),
+                    (None, true) => bench::QemuChoice::Backports,
+                    (None, false) => bench::QemuChoice::Machine,
+                },
                 seconds: args.seconds,
             };
             let all_ok = bench::run(&workspace, &options)?;
