@@ -12,7 +12,7 @@ use crate::error::{CapsuleProblem, DiskLocation, Field, FieldProblem, FormatErro
 use crate::layout::{
     flags, header, record, DISK_ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, KEY_ID_LEN, MAC_LEN,
     MAGIC, MAX_CAPSULES, MAX_DISKS, OLDEST_FORMAT_VERSION, PAYLOAD_ALIGNMENT, RECORD_SIZE,
-    SIGNATURE_ED25519, SIGNATURE_ED25519_CHUNKS, SIGNATURE_NONE, TABLE_ALIGNMENT,
+    TABLE_ALIGNMENT,
 };
 use crate::mac;
 use crate::signature::{KeyId, SignatureScheme, SignedMessage};
@@ -155,17 +155,16 @@ impl<'a> Image<'a> {
         // Reserved bytes are zero whatever the scheme. An unsigned image also has a zero key id and
         // signature area, so that "unsigned" has exactly one encoding.
         let signature_scheme = u32_at(head, header::SIGNATURE_SCHEME);
-        let (scheme, must_be_zero) = match signature_scheme {
-            SIGNATURE_NONE => (SignatureScheme::Unsigned, header::KEY_ID..HEADER_SIZE),
-            SIGNATURE_ED25519 => (
-                SignatureScheme::Ed25519,
-                header::RESERVED..header::SIGNATURE,
-            ),
-            SIGNATURE_ED25519_CHUNKS => (
-                SignatureScheme::Ed25519Chunks,
-                header::RESERVED..header::SIGNATURE,
-            ),
-            scheme => return Err(FormatError::UnknownSignatureScheme { scheme }),
+        let scheme = SignatureScheme::from_value(signature_scheme).ok_or(
+            FormatError::UnknownSignatureScheme {
+                scheme: signature_scheme,
+            },
+        )?;
+        let must_be_zero = match scheme {
+            SignatureScheme::Unsigned => header::KEY_ID..HEADER_SIZE,
+            SignatureScheme::Ed25519 | SignatureScheme::Ed25519Chunks => {
+                header::RESERVED..header::SIGNATURE
+            }
         };
         let zeros = head.get(must_be_zero.clone()).unwrap_or_default();
         if let Some(position) = zeros.iter().position(|&byte| byte != 0) {

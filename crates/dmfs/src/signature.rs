@@ -7,17 +7,17 @@
 
 use core::fmt;
 
-use crate::layout::{header, HEADER_SIZE, KEY_ID_LEN, KEY_LEN, SIGNATURE_CHUNK_SIZE};
+use crate::layout::{
+    header, HEADER_SIZE, KEY_ID_LEN, KEY_LEN, SIGNATURE_CHUNK_SIZE, SIGNATURE_ED25519,
+    SIGNATURE_ED25519_CHUNKS, SIGNATURE_NONE,
+};
 
 #[cfg(all(feature = "ed25519", feature = "alloc"))]
 use crate::crc::checksum;
 #[cfg(feature = "ed25519")]
 use crate::{
     error::FormatError,
-    layout::{
-        CHUNK_DIGEST_LEN, SIGNATURE_CHUNKS_TAG, SIGNATURE_ED25519, SIGNATURE_ED25519_CHUNKS,
-        SIGNATURE_NONE,
-    },
+    layout::{CHUNK_DIGEST_LEN, SIGNATURE_CHUNKS_TAG},
     parse::{bytes_at, frame, u32_at, Image},
 };
 
@@ -31,6 +31,27 @@ pub enum SignatureScheme {
     /// Scheme 2: Ed25519 (RFC 8032, the plain variant) over the SHA-512 digests of the signed
     /// message's chunks (`FORMAT.md`, "Signature").
     Ed25519Chunks,
+}
+
+impl SignatureScheme {
+    /// The scheme a header's `signature_scheme` field names, or `None` for a value no scheme has.
+    pub fn from_value(value: u32) -> Option<Self> {
+        match value {
+            SIGNATURE_NONE => Some(Self::Unsigned),
+            SIGNATURE_ED25519 => Some(Self::Ed25519),
+            SIGNATURE_ED25519_CHUNKS => Some(Self::Ed25519Chunks),
+            _ => None,
+        }
+    }
+
+    /// The header's `signature_scheme` value for this scheme.
+    pub fn value(self) -> u32 {
+        match self {
+            Self::Unsigned => SIGNATURE_NONE,
+            Self::Ed25519 => SIGNATURE_ED25519,
+            Self::Ed25519Chunks => SIGNATURE_ED25519_CHUNKS,
+        }
+    }
 }
 
 impl fmt::Display for SignatureScheme {
@@ -240,13 +261,13 @@ impl<'a> SignatureCheck<'a> {
         use ed25519_dalek::{Signature, VerifyingKey};
 
         let (head, framed) = frame(image).map_err(SignatureError::Format)?;
-        let scheme = match u32_at(head, header::SIGNATURE_SCHEME) {
-            SIGNATURE_NONE => return Err(SignatureError::Unsigned),
-            SIGNATURE_ED25519 => SignatureScheme::Ed25519,
-            SIGNATURE_ED25519_CHUNKS => SignatureScheme::Ed25519Chunks,
-            scheme => {
+        let value = u32_at(head, header::SIGNATURE_SCHEME);
+        let scheme = match SignatureScheme::from_value(value) {
+            Some(SignatureScheme::Unsigned) => return Err(SignatureError::Unsigned),
+            Some(scheme) => scheme,
+            None => {
                 return Err(SignatureError::Format(
-                    FormatError::UnknownSignatureScheme { scheme },
+                    FormatError::UnknownSignatureScheme { scheme: value },
                 ))
             }
         };
@@ -337,9 +358,10 @@ impl<'a> SignatureCheck<'a> {
         Image::parse_signed(self.bytes).map_err(SignatureError::Unusable)
     }
 
-    /// Hashes every chunk on this processor and finishes: the whole check, sequentially.
-    fn finish_here(&self) -> Result<(), SignatureError> {
-        self.finish((0..self.chunks()).map(|index| self.chunk_digest(index)))
+    /// Every chunk's digest, hashed in turn on this processor: what [`Self::finish`] needs when
+    /// nobody shares the work.
+    fn digests_here(&self) -> impl Iterator<Item = ChunkDigest> + '_ {
+        (0..self.chunks()).map(|index| self.chunk_digest(index))
     }
 }
 
@@ -374,7 +396,8 @@ fn chunks_prefix(image_length: usize) -> [u8; 20] {
 /// hashes the whole image on the calling processor; [`SignatureCheck`] lets several share the work.
 #[cfg(feature = "ed25519")]
 pub fn verify(image: &[u8], public_key: &[u8; KEY_LEN]) -> Result<(), SignatureError> {
-    SignatureCheck::begin(image, public_key)?.finish_here()
+    let check = SignatureCheck::begin(image, public_key)?;
+    check.finish(check.digests_here())
 }
 
 /// Checks the signature like [`verify`], then parses the image like [`Image::parse`] without summing
@@ -384,8 +407,7 @@ pub fn verify(image: &[u8], public_key: &[u8; KEY_LEN]) -> Result<(), SignatureE
 #[cfg(feature = "ed25519")]
 pub fn verify_and_parse<'a>(image: &'a [u8], public_key: &[u8; KEY_LEN]) -> Result<Image<'a>, SignatureError> {
     let check = SignatureCheck::begin(image, public_key)?;
-    check.finish_here()?;
-    Image::parse_signed(image).map_err(SignatureError::Unusable)
+    check.finish_and_parse(check.digests_here())
 }
 
 #[cfg(feature = "ed25519")]
@@ -435,16 +457,14 @@ pub fn sign_with(
         });
     };
     let signing_key = SigningKey::from_bytes(secret_key);
-    let (scheme_value, key_id) = match scheme {
-        SignatureScheme::Unsigned => (SIGNATURE_NONE, KeyId([0; KEY_ID_LEN])),
-        SignatureScheme::Ed25519 => (SIGNATURE_ED25519, KeyId::of(&signing_key.verifying_key().to_bytes())),
-        SignatureScheme::Ed25519Chunks => (
-            SIGNATURE_ED25519_CHUNKS,
-            KeyId::of(&signing_key.verifying_key().to_bytes()),
-        ),
+    let key_id = match scheme {
+        SignatureScheme::Unsigned => KeyId([0; KEY_ID_LEN]),
+        SignatureScheme::Ed25519 | SignatureScheme::Ed25519Chunks => {
+            KeyId::of(&signing_key.verifying_key().to_bytes())
+        }
     };
 
-    put(image, header::SIGNATURE_SCHEME, &scheme_value.to_le_bytes());
+    put(image, header::SIGNATURE_SCHEME, &scheme.value().to_le_bytes());
     put(image, header::KEY_ID, &key_id.0);
     put(image, header::SIGNATURE, &ZERO_SIGNATURE);
     let sum = checksum(image);
@@ -505,6 +525,26 @@ mod tests {
         assert_eq!(zeros.len(), header::SIGNATURE_LEN);
         assert_eq!(after, &image[HEADER_SIZE..]);
         assert_eq!(format!("{message:?}"), "SignedMessage { len: 300 }");
+    }
+
+    #[test]
+    fn scheme_values_round_trip() {
+        for scheme in [
+            SignatureScheme::Unsigned,
+            SignatureScheme::Ed25519,
+            SignatureScheme::Ed25519Chunks,
+        ] {
+            assert_eq!(SignatureScheme::from_value(scheme.value()), Some(scheme));
+        }
+        assert_eq!(
+            [0, 1, 2].map(SignatureScheme::from_value),
+            [
+                Some(SignatureScheme::Unsigned),
+                Some(SignatureScheme::Ed25519),
+                Some(SignatureScheme::Ed25519Chunks)
+            ]
+        );
+        assert_eq!(SignatureScheme::from_value(3), None);
     }
 
     #[test]

@@ -136,6 +136,14 @@ fn scheme_1_images_still_verify() {
     assert_eq!(verify(&relabelled, &RFC_PUBLIC), Err(SignatureError::BadSignature));
 }
 
+#[test]
+fn signing_as_unsigned_takes_the_signature_off() {
+    let mut image = signed_image();
+    sign_with(&mut image, &RFC_SECRET, SignatureScheme::Unsigned).unwrap();
+    assert_eq!(image, unsigned_image());
+    assert_eq!(verify(&image, &RFC_PUBLIC), Err(SignatureError::Unsigned));
+}
+
 /// An image of several chunks, the last one short: a kernel of 800 KiB and an initrd of 100 KiB.
 fn signed_large_image() -> Vec<u8> {
     let mut random = XorShift(0x9e37_79b9_7f4a_7c15);
