@@ -35,7 +35,7 @@ pub fn init_hart() {
     csr::hcounteren::write(bits::COUNTEREN_CY_TM_IR);
     csr::htimedelta::write(0);
     csr::hvip::write(0);
-    let sstc = PLATFORM.get().is_some_and(|p| p.sstc);
+    let sstc = sched::sstc();
     csr::henvcfg::write(if sstc { bits::HENVCFG_STCE } else { 0 });
     // Keel's own timer stays disarmed until it needs one: with Sstc the firmware may have left stimecmp in the
     // past, which would raise a supervisor timer interrupt at every guest entry.
@@ -64,7 +64,7 @@ pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
     let capsule = vcpu.capsule.clone();
     let slice_end = sched::slice_deadline(hartid);
     let mut queued_deadline = sched::queued_deadline(hartid);
-    let sstc = PLATFORM.get().is_some_and(|p| p.sstc);
+    let sstc = sched::sstc();
     let watchdog_period = sched::ticks(TIMER_WATCHDOG_MICROSECONDS);
     let mut watchdog = 0;
     let mut armed = u64::MAX;
@@ -280,7 +280,7 @@ fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -
             vcpu.exits.host_timer += 1;
             sched::arm_timer(u64::MAX);
             let now = csr::time::read();
-            if PLATFORM.get().is_some_and(|p| p.sstc) {
+            if sched::sstc() {
                 repair_guest_timer(now);
             } else if now >= vcpu.guest_deadline {
                 // Without Sstc the guest's timer is Keel's: forward it as VSTIP.
@@ -646,7 +646,7 @@ impl Environment for SbiEnvironment<'_> {
     }
 
     fn set_timer(&mut self, stime_value: u64) {
-        if PLATFORM.get().is_some_and(|p| p.sstc) {
+        if sched::sstc() {
             csr::vstimecmp::write(stime_value);
         } else {
             // Armed by the run loop, together with the slice timer.

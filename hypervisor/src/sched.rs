@@ -31,7 +31,8 @@ static LOAD: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HART
 /// Which vCPU (by address) ran last on each hart, to know when translation caches need flushing.
 static LAST_RUN: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HARTS];
 
-fn sstc() -> bool {
+/// Whether guests get Sstc (their timer compares in hardware, without Keel).
+pub fn sstc() -> bool {
     PLATFORM.get().is_some_and(|p| p.sstc)
 }
 
