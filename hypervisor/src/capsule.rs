@@ -356,10 +356,12 @@ impl Capsule {
         log::info!("capsule '{}' RAM at host {}", definition.name, memory.host_ranges());
         let mut tables = HostTables;
         let mut gstage = GStage::new(&mut tables, Mode::Sv39x4).map_err(CreateError::Map)?;
-        for (gpa, hpa) in memory.chunks() {
+        for (_, hpa) in memory.chunks() {
             crate::guest_memory::ledger::assert_owned_by(hpa, id);
+        }
+        for (gpa, hpa, bytes) in memory.extents() {
             gstage
-                .map_range(&mut tables, gpa, hpa as u64, crate::guest_memory::CHUNK, Perm::READ | Perm::WRITE | Perm::EXEC)
+                .map_range(&mut tables, gpa, hpa as u64, bytes, Perm::READ | Perm::WRITE | Perm::EXEC)
                 .map_err(CreateError::Map)?;
         }
         let hgatp = gstage.hgatp(vmid).map_err(CreateError::Map)?;
@@ -385,7 +387,13 @@ impl Capsule {
             log_limit: LogLimit::new(),
         };
         capsule.load(platform)?;
-        log::info!("capsule {} '{}': G-stage tables use {} KiB", capsule.id, capsule.name, capsule.overhead_bytes() >> 10);
+        log::info!(
+            "capsule {} '{}': G-stage tables use {} KiB ({} GiB of RAM in gigapages)",
+            capsule.id,
+            capsule.name,
+            capsule.overhead_bytes() >> 10,
+            capsule.gigapages()
+        );
         let capsule = Arc::new(capsule);
         for port in capsule.devices.lock().virtio.iter().filter_map(crate::vdev::Slot::net_port) {
             crate::vnet::bind(port, &capsule);
@@ -451,6 +459,23 @@ impl Capsule {
         if self.vcpus[0].request_start(entry, fdt) {
             crate::hart::kick(self.vcpus[0].hart.load(Ordering::Acquire));
         }
+    }
+
+    /// How many gibibytes of this capsule's RAM its G-stage tables map with gigapages, as read back from the tables.
+    pub fn gigapages(&self) -> usize {
+        const GIB: u64 = 1 << 30;
+        let gstage = self.gstage.lock();
+        let Some(gstage) = gstage.as_ref() else { return 0 };
+        let start = self.memory.base().next_multiple_of(GIB);
+        let end = self.memory.base() + self.memory.size();
+        (start..end)
+            .step_by(GIB as usize)
+            .filter(|&gpa| {
+                gstage
+                    .translate(&HostTables, gpa)
+                    .is_some_and(|translation| translation.page_size == keel_gstage::PageSize::Size1G)
+            })
+            .count()
     }
 
     /// Memory Keel spends on this capsule beyond its RAM: G-stage tables.

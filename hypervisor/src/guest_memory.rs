@@ -1,8 +1,10 @@
 //! A capsule's RAM: host pages in 2 MiB chunks, mapped contiguously at the capsule's guest-physical base.
 //!
 //! Chunks need not be contiguous in host memory, which keeps allocation easy when RAM is fragmented, and 2 MiB
-//! chunks let the G-stage tables use megapages. Every guest-supplied address is checked here before Keel touches
-//! the memory behind it.
+//! chunks let the G-stage tables use megapages. Where a whole, aligned gibibyte of the capsule's guest-physical
+//! space can be backed by an aligned gibibyte of host memory, it is, so the G-stage tables map it with one
+//! gigapage: every guest TLB refill then walks one G-stage level fewer for each of its reads. Every
+//! guest-supplied address is checked here before Keel touches the memory behind it.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -12,6 +14,9 @@ use crate::memory;
 /// Size of one chunk of guest RAM.
 pub const CHUNK: u64 = 2 * 1024 * 1024;
 const PAGES_PER_CHUNK: usize = (CHUNK as usize) / memory::PAGE_SIZE;
+/// Size of a G-stage gigapage, the larger block guest RAM is taken in when it can be.
+const GIGAPAGE: u64 = 1024 * 1024 * 1024;
+const CHUNKS_PER_GIGAPAGE: usize = (GIGAPAGE / CHUNK) as usize;
 
 /// The RAM of one capsule.
 pub struct GuestMemory {
@@ -29,7 +34,19 @@ impl GuestMemory {
         }
         let count = (size / CHUNK) as usize;
         let mut memory = GuestMemory { base, chunks: Vec::with_capacity(count), owner };
-        for _ in 0..count {
+        while memory.chunks.len() < count {
+            let gpa = base + memory.chunks.len() as u64 * CHUNK;
+            let whole_gigapage = gpa.is_multiple_of(GIGAPAGE) && count - memory.chunks.len() >= CHUNKS_PER_GIGAPAGE;
+            // The buddy allocator aligns a block to its size, so a gigabyte block is gigapage-aligned.
+            if let Some(block) = whole_gigapage.then(|| memory::alloc_pages_unzeroed(GIGAPAGE as usize / memory::PAGE_SIZE)).flatten()
+            {
+                for index in 0..CHUNKS_PER_GIGAPAGE {
+                    let chunk = block + index * CHUNK as usize;
+                    ledger::claim(chunk, owner);
+                    memory.chunks.push(chunk);
+                }
+                continue;
+            }
             match memory::alloc_pages_unzeroed(PAGES_PER_CHUNK) {
                 Some(chunk) => {
                     ledger::claim(chunk, owner);
@@ -60,6 +77,20 @@ impl GuestMemory {
     /// The host-physical chunks in guest order, for mapping.
     pub fn chunks(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
         self.chunks.iter().enumerate().map(move |(i, &hpa)| (self.base + i as u64 * CHUNK, hpa))
+    }
+
+    /// The RAM as runs of chunks that are contiguous in host memory too: `(gpa, hpa, bytes)` in guest order. Mapping
+    /// a run at once lets the G-stage tables use the largest pages its alignment allows.
+    pub fn extents(&self) -> impl Iterator<Item = (u64, usize, u64)> + '_ {
+        let mut chunks = self.chunks().peekable();
+        core::iter::from_fn(move || {
+            let (gpa, hpa) = chunks.next()?;
+            let mut bytes = CHUNK;
+            while chunks.next_if(|&(_, next)| next == hpa + bytes as usize).is_some() {
+                bytes += CHUNK;
+            }
+            Some((gpa, hpa, bytes))
+        })
     }
 
     /// Whether `[gpa, gpa + len)` lies entirely inside this RAM.
