@@ -92,7 +92,8 @@ const DEFAULT_INTERVAL_SECONDS: u64 = 10;
 const QUICK_INTERVAL_SECONDS: u64 = 4;
 
 /// The machine a Keel run gets; natively the guest gets exactly its capsule's memory instead.
-const KEEL_MACHINE_MIB: u64 = 1024;
+/// Room for Keel beside a 1 GiB capsule, with a whole, aligned free gibibyte for its gigapage.
+const KEEL_MACHINE_MIB: u64 = 2048;
 const HARTS: u32 = 2;
 
 const READY: &str = "keel-guest: init ready";
@@ -121,14 +122,6 @@ impl Kernel {
         match self {
             Kernel::Small => "small",
             Kernel::Debian => "default",
-        }
-    }
-
-    /// The boot capsule's memory in that manifest: what the native run gets as its whole machine.
-    fn capsule_mib(self) -> u64 {
-        match self {
-            Kernel::Small => 256,
-            Kernel::Debian => 512,
         }
     }
 
@@ -537,6 +530,14 @@ impl Context<'_> {
         manifest::boot_capsule(&self.manifest_path(kernel.manifest()), &defines)
     }
 
+    /// The machine a kernel booted without Keel gets when it stands in for the boot capsule of `manifest`: the
+    /// capsule's memory, and as many harts as the capsule has vCPUs.
+    fn native_machine(&mut self, manifest: &str) -> Result<Machine> {
+        let defines = self.images()?.defines();
+        let (memory_mib, vcpus) = manifest::boot_capsule_machine(&self.manifest_path(manifest), &defines)?;
+        Ok(Machine { smp: vcpus, memory_mib, cpu: None })
+    }
+
     fn log_path(&self, benchmark: &str, variant: &str, repetition: u32) -> PathBuf {
         self.log_dir
             .join(format!("{benchmark}-{variant}-{}.log", repetition + 1))
@@ -546,6 +547,7 @@ impl Context<'_> {
     fn boot_variants(&mut self, kernel: Kernel) -> Result<[(Variant, Machine, Payload); 2]> {
         let hypervisor = self.hypervisor(kernel.manifest())?;
         let native = self.native_boot(kernel)?;
+        let native_machine = self.native_machine(kernel.manifest())?;
         Ok([
             (
                 Variant::Keel,
@@ -556,15 +558,7 @@ impl Context<'_> {
                 },
                 Payload::Hypervisor(hypervisor),
             ),
-            (
-                Variant::Native,
-                Machine {
-                    smp: HARTS,
-                    memory_mib: kernel.capsule_mib(),
-                    cpu: None,
-                },
-                Payload::Native(native),
-            ),
+            (Variant::Native, native_machine, Payload::Native(native)),
         ])
     }
 
@@ -580,12 +574,6 @@ impl Context<'_> {
         benchmark.notes.push(
             "poweroff to QEMU exit is mostly busybox init's own waits between SIGTERM and SIGKILL, the same both ways".to_string(),
         );
-        benchmark.notes.push(format!(
-            "memory: under Keel the machine has {KEEL_MACHINE_MIB} MiB and the capsule (manifest {}.toml) {} MiB; natively the kernel gets exactly {} MiB, its capsule's memory. {HARTS} harts both ways: natively Linux runs on {HARTS} CPUs, under Keel on the capsule's 1 vCPU",
-            kernel.manifest(),
-            kernel.capsule_mib(),
-            kernel.capsule_mib()
-        ));
         let variants = match self.boot_variants(kernel) {
             Ok(variants) => variants,
             Err(error) => {
@@ -593,6 +581,7 @@ impl Context<'_> {
                 return benchmark;
             }
         };
+        benchmark.notes.push(machines_note(kernel, &variants[1].1));
         for (variant, machine, payload) in &variants {
             benchmark.commands.insert(
                 variant.label().to_string(),
@@ -754,6 +743,7 @@ impl Context<'_> {
     fn disk_variants(&mut self) -> Result<[(Variant, Machine, Payload, PathBuf); 2]> {
         let hypervisor = self.hypervisor("disks")?;
         let native = self.native_boot(Kernel::Small)?;
+        let native_machine = self.native_machine("disks")?;
         let keel_disk = self.bench_dir.join("io-disk-keel.img");
         let native_disk = self.bench_dir.join("io-disk-native.img");
         for disk in [&keel_disk, &native_disk] {
@@ -771,7 +761,7 @@ impl Context<'_> {
             ),
             (
                 Variant::Native,
-                Machine { smp: HARTS, memory_mib: Kernel::Small.capsule_mib(), cpu: None },
+                native_machine,
                 Payload::Native(native),
                 native_disk,
             ),
@@ -875,10 +865,6 @@ impl Context<'_> {
         benchmark.notes.push(
             "`host timer` counts Keel's own timer interrupts (time slices, the guest's timer when it has no Sstc, and with Sstc a once-a-second watchdog against lost guest timer interrupts); with Sstc the guest's ticks need no exit, so an idle guest shows about 1/s, the watchdog. A guest that programs its timer with SBI set_timer instead of Sstc shows it under SBI".to_string(),
         );
-        benchmark.notes.push(format!(
-            "busy loop rounds per second: the same loop natively in the same round ({} MiB, {HARTS} harts, so Linux has {HARTS} CPUs natively and 1 vCPU under Keel), a CPU and syscall throughput comparison",
-            kernel.capsule_mib()
-        ));
         let variants = match self.boot_variants(kernel) {
             Ok(variants) => variants,
             Err(error) => {
@@ -886,6 +872,10 @@ impl Context<'_> {
                 return benchmark;
             }
         };
+        benchmark.notes.push(format!(
+            "busy loop rounds per second: the same loop natively in the same round, a CPU and syscall throughput comparison. {}",
+            machines_note(kernel, &variants[1].1)
+        ));
         let plan = exit_plan(seconds);
         for (variant, machine, payload) in &variants {
             benchmark.commands.insert(
@@ -1101,6 +1091,17 @@ type Record = (BTreeMap<String, f64>, Option<ExitCounts>);
 
 /// Turns a run's outcome into its record and prints a progress line for it.
 /// The name of the scale manifest's capsule `index` (the first is the boot capsule).
+/// What the machines of a boot or exits comparison are: `native` stands in for the capsule of `kernel`'s manifest.
+fn machines_note(kernel: Kernel, native: &Machine) -> String {
+    format!(
+        "machines: under Keel {HARTS} harts and {KEEL_MACHINE_MIB} MiB, with the boot capsule of {}.toml; natively the kernel gets what that capsule gets: {} MiB and {} hart(s) for its {} vCPU(s)",
+        kernel.manifest(),
+        native.memory_mib,
+        native.smp,
+        native.smp
+    )
+}
+
 fn scale_capsule_name(index: usize) -> String {
     if index == 0 { BOOT_CAPSULE.to_string() } else { format!("c{index}") }
 }

@@ -70,6 +70,22 @@ pub fn boot_capsule(manifest_path: &Path, defines: &[(String, String)]) -> Resul
     .with_context(|| format!("in manifest {}", manifest_path.display()))
 }
 
+/// The boot capsule's memory in MiB and its vCPU count, checked as mkdmfs checks them for a build.
+pub fn boot_capsule_machine(manifest_path: &Path, defines: &[(String, String)]) -> Result<(u64, u32)> {
+    let text = std::fs::read_to_string(manifest_path)
+        .with_context(|| format!("cannot read manifest {}", manifest_path.display()))?;
+    let manifest = mkdmfs::parse_manifest(&text)
+        .with_context(|| format!("manifest {} is not valid TOML", manifest_path.display()))?;
+    let defines: mkdmfs::Defines = defines.iter().cloned().collect();
+    let (memory, vcpus) = mkdmfs::boot_capsule_machine(
+        &manifest,
+        manifest_path.parent().unwrap_or(Path::new(".")),
+        &defines,
+    )
+    .with_context(|| format!("in manifest {}", manifest_path.display()))?;
+    Ok((memory >> 20, vcpus))
+}
+
 fn boot_capsule_from_text(text: &str, base: &Path, defines: &[(String, String)]) -> Result<Boot> {
     let manifest: Manifest = toml::from_str(text).context("not a valid manifest")?;
     let mut boot = manifest.capsule.iter().filter(|capsule| capsule.boot);
@@ -176,6 +192,8 @@ mod tests {
             );
             assert!(boot.append.contains("console=ttyS0"), "{name}");
             assert!(boot.initrd.is_some(), "{name}");
+            let (memory_mib, vcpus) = boot_capsule_machine(&dir.join(name), &defines()).unwrap();
+            assert!(memory_mib >= 64 && vcpus >= 1, "{name}: {memory_mib} MiB, {vcpus} vCPUs");
         }
     }
 }

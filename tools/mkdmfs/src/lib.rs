@@ -975,6 +975,22 @@ pub fn check_manifest(
     resolve_all(manifest, base, defines).map(|_| ())
 }
 
+/// The boot capsule's memory in bytes and its vCPU count, after the checks of [`check_manifest`]: what a kernel
+/// booted without Keel gets as its whole machine when it stands in for that capsule.
+pub fn boot_capsule_machine(
+    manifest: &Manifest,
+    base: &Path,
+    defines: &Defines,
+) -> Result<(u64, u32), ManifestError> {
+    let resolved = resolve_all(manifest, base, defines)?;
+    // resolve_all has checked that exactly one capsule boots.
+    let boot = resolved
+        .iter()
+        .find(|capsule| capsule.boot)
+        .ok_or(ManifestError::NoBootCapsule)?;
+    Ok((boot.memory, boot.vcpus))
+}
+
 /// The checks of [`check_manifest`], keeping the resolved entries for the build.
 fn resolve_all(
     manifest: &Manifest,

@@ -72,3 +72,32 @@ fn manifest_wide_mistakes_are_found_without_files() {
     let error = check(undefined, &[]).expect_err("undefined variable");
     assert!(error.to_string().contains("nope"), "{error}");
 }
+
+#[test]
+fn the_boot_capsule_machine_is_its_memory_and_vcpus() {
+    let machine = |text: &str| {
+        let manifest = parse_manifest(text).expect("valid TOML");
+        mkdmfs::boot_capsule_machine(&manifest, Path::new(NOWHERE), &Defines::new())
+    };
+    let text = r#"
+        [[capsule]]
+        name = "other"
+        kernel = "k"
+        memory = "64M"
+        vcpus = 3
+
+        [[capsule]]
+        name = "boot"
+        kernel = "k"
+        memory = "1G"
+        vcpus = 2
+        boot = true
+    "#;
+    assert_eq!(machine(text).unwrap(), (1 << 30, 2));
+    // vcpus defaults to 1, as in the image.
+    let one = "[[capsule]]\nname = \"b\"\nkernel = \"k\"\nmemory = 67108864\nboot = true\n";
+    assert_eq!(machine(one).unwrap(), (64 << 20, 1));
+    // The manifest's mistakes are reported as for a build.
+    let bad = "[[capsule]]\nname = \"b\"\nkernel = \"k\"\nmemory = \"1X\"\nboot = true\n";
+    assert!(matches!(machine(bad), Err(ManifestError::Capsule { .. })));
+}
