@@ -131,7 +131,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 2)]
     smp: u32,
     /// Memory of the emulated machine (QEMU syntax: 1G, 512M; a plain number is MiB).
-    #[arg(long, default_value = "1G")]
+    #[arg(long, default_value = "2G")]
     mem: String,
     /// QEMU `-cpu` model and properties, e.g. `rv64,sstc=false` (default: the machine's CPU).
     #[arg(long)]

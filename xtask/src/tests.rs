@@ -49,6 +49,8 @@ enum QemuVersion {
 enum Extra {
     /// `nproc` reports this many CPUs.
     Cpus(u32),
+    /// Keel's boot log says the boot capsule has this many GiB of RAM mapped with G-stage gigapages.
+    Gigapages(u32),
     /// `reboot` restarts the capsule, which comes back to a shell.
     Reboot,
     /// A load from a guest-physical address that is neither the capsule's RAM nor one of its devices: Keel logs it
@@ -174,7 +176,9 @@ const SCENARIOS: &[Scenario] = &[
         ..Scenario::new("keel-sbi-check", Kernel::SbiCheck, true, QemuVersion::Machine)
     },
     Scenario {
-        expect: Expect::Shell(&[Extra::HardwareRng, Extra::NetworkCard, Extra::ForeignAccess]),
+        expect: Expect::Shell(&[Extra::HardwareRng, Extra::NetworkCard, Extra::ForeignAccess, Extra::Cpus(2), Extra::Gigapages(1)]),
+        // The capsule's 1 GiB plus Keel, with an aligned gibibyte free for the capsule's gigapage.
+        memory_mib: Some(2048),
         ..Scenario::new("keel-debian", Kernel::Debian, true, QemuVersion::Machine)
     },
     Scenario {
@@ -560,7 +564,7 @@ impl<'a> ScenarioContext<'a> {
         }
         let images = self.images()?;
         let (kernel, default_manifest, memory_mib) = match scenario.kernel {
-            Kernel::Debian => (images.debian_kernel.clone(), "default", 512),
+            Kernel::Debian => (images.debian_kernel.clone(), "default", 1024),
             Kernel::Small => (images.small_kernel.clone(), "small", 256),
             // Handled by `run_sbi_check` before the images are needed.
             Kernel::SbiCheck => bail!("the SBI check guest is not a Linux kernel from the images"),
@@ -914,6 +918,18 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
                 .expect(PROMPT, timeouts.command)
                 .context("prompt after nproc")?;
             Ok(format!("{cpus} CPUs online"))
+        }
+        Extra::Gigapages(expected) => {
+            let transcript = console.transcript();
+            let report = transcript
+                .lines()
+                .find(|line| line.contains("capsule 1 'boot': G-stage tables use"))
+                .context("Keel's G-stage report for the boot capsule")?;
+            let wanted = format!("({expected} GiB of RAM in gigapages)");
+            if !report.contains(&wanted) {
+                bail!("Keel's G-stage report `{}` does not say {wanted}", report.trim());
+            }
+            Ok(format!("{expected} GiB in gigapages"))
         }
         Extra::Reboot => {
             let started = Instant::now();
