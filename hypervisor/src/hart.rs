@@ -32,6 +32,11 @@ pub fn mark_online() {
     }
 }
 
+/// Whether hart `hartid` has entered Keel.
+pub fn is_online(hartid: usize) -> bool {
+    hartid < MAX_HARTS && ONLINE[hartid].load(Ordering::Acquire)
+}
+
 /// Number of harts running Keel.
 pub fn online_count() -> usize {
     ONLINE_COUNT.load(Ordering::Acquire)

@@ -141,9 +141,16 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
     // The other harts start while the bundled image is being checked, and hash parts of it as they come up.
     let image = check_bundled_image(|| hart::start_secondaries(enabled.iter().copied()));
     hart::wait_online(enabled.len().min(hart::MAX_HARTS));
+    // Only harts that have entered Keel get vCPUs: one that has not by now (the firmware failed to start it, or it
+    // is very late) is named and left out, and idles if it arrives after all.
     let mut online_harts = alloc::vec![hartid];
-    online_harts.extend(enabled.iter().copied().filter(|&h| h != hartid && h < hart::MAX_HARTS));
-    online_harts.truncate(hart::online_count());
+    for &other in enabled.iter().filter(|&&h| h != hartid && h < hart::MAX_HARTS) {
+        if hart::is_online(other) {
+            online_harts.push(other);
+        } else {
+            log::warn!("hart {other} has not come online; no vCPUs will run on it");
+        }
+    }
 
     let guest_isa_extensions = Platform::guest_isa(&host, hartid, sstc);
     let guest_mmu_type = boot.and_then(|h| h.mmu_type.clone()).unwrap_or_else(|| String::from("riscv,sv39"));
