@@ -463,13 +463,13 @@ impl Capsule {
 
     /// How many gibibytes of this capsule's RAM its G-stage tables map with gigapages, as read back from the tables.
     pub fn gigapages(&self) -> usize {
-        const GIB: u64 = 1 << 30;
+        use crate::guest_memory::GIGAPAGE;
         let gstage = self.gstage.lock();
         let Some(gstage) = gstage.as_ref() else { return 0 };
-        let start = self.memory.base().next_multiple_of(GIB);
+        let start = self.memory.base().next_multiple_of(GIGAPAGE);
         let end = self.memory.base() + self.memory.size();
         (start..end)
-            .step_by(GIB as usize)
+            .step_by(GIGAPAGE as usize)
             .filter(|&gpa| {
                 gstage
                     .translate(&HostTables, gpa)

@@ -15,7 +15,7 @@ use crate::memory;
 pub const CHUNK: u64 = 2 * 1024 * 1024;
 const PAGES_PER_CHUNK: usize = (CHUNK as usize) / memory::PAGE_SIZE;
 /// Size of a G-stage gigapage, the larger block guest RAM is taken in when it can be.
-const GIGAPAGE: u64 = 1024 * 1024 * 1024;
+pub const GIGAPAGE: u64 = 1024 * 1024 * 1024;
 const CHUNKS_PER_GIGAPAGE: usize = (GIGAPAGE / CHUNK) as usize;
 
 /// The RAM of one capsule.
