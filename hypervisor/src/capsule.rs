@@ -608,7 +608,9 @@ impl Vcpu {
         self.context.guest.x[11] = opaque;
         self.context.guest.sepc = pc;
         self.context.guest.sstatus = bits::SSTATUS_SPP | bits::SSTATUS_FS_INITIAL | bits::SSTATUS_UXL_64;
-        self.context.guest.hstatus = bits::HSTATUS_SPV | bits::HSTATUS_SPVP | bits::HSTATUS_VSXL_64;
+        // VTVM: the guest's satp accesses trap until it has chosen a paging mode Keel offers (see `run`).
+        self.context.guest.hstatus =
+            bits::HSTATUS_SPV | bits::HSTATUS_SPVP | bits::HSTATUS_VSXL_64 | bits::HSTATUS_VTVM;
         self.vs = VsCsrs::reset();
         self.fp = FpState::default();
         self.guest_deadline = u64::MAX;

@@ -153,13 +153,11 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
     }
 
     let guest_isa_extensions = Platform::guest_isa(&host, hartid, sstc);
-    let guest_mmu_type = boot.and_then(|h| h.mmu_type.clone()).unwrap_or_else(|| String::from("riscv,sv39"));
     let platform = PLATFORM.call_once(|| Platform {
         host,
         online_harts,
         sstc,
         guest_isa_extensions,
-        guest_mmu_type,
         vmid_bits,
     });
     // The other harts sleep until the platform is known.

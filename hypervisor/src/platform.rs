@@ -12,6 +12,15 @@ const GUEST_SAFE_EXTENSIONS: &[&str] = &[
     "i", "m", "a", "f", "d", "c", "zicsr", "zifencei", "zihintpause", "zicntr", "zba", "zbb", "zbc", "zbs", "zicond",
 ];
 
+/// The widest paging mode a capsule is offered (`satp.MODE`), whatever the harts have. Capsules here are far
+/// smaller than Sv39's 256 GiB of virtual space, and every level a guest's page tables do not have saves a
+/// guest-physical walk on every TLB refill: under the H extension each level of the guest's walk is itself
+/// translated through the G-stage tables. A capsule's vCPUs learn this from its device tree (`mmu-type`) and from
+/// `satp` itself, which Keel answers while they probe it ([`crate::run`]).
+pub const GUEST_PAGING: u64 = keel_insn::translation::satp_mode::SV39;
+/// [`GUEST_PAGING`] as the device tree spells it.
+const GUEST_MMU_TYPE: &str = "riscv,sv39";
+
 /// The machine as Keel drives it.
 pub struct Platform {
     pub host: HostPlatform,
@@ -21,7 +30,6 @@ pub struct Platform {
     pub sstc: bool,
     /// The guest's ISA: the host's, minus what Keel does not virtualise.
     pub guest_isa_extensions: Vec<String>,
-    pub guest_mmu_type: String,
     /// Width of `hgatp.VMID` in bits.
     pub vmid_bits: u32,
 }
@@ -77,7 +85,7 @@ pub fn guest_tree(platform: &Platform, capsule: &Capsule, initrd: Option<(u64, u
         isa: &isa,
         isa_base: "rv64i",
         isa_extensions: &extensions,
-        mmu_type: &platform.guest_mmu_type,
+        mmu_type: GUEST_MMU_TYPE,
         timebase_frequency: platform.host.timebase_frequency as u32,
         bootargs: capsule.definition.cmdline,
         initrd,

@@ -244,6 +244,11 @@ fn handle_exit(vcpu: &mut Vcpu, hartid: usize, slice_end: u64) -> Next {
                 vcpu.waiting = true;
                 return Next::Yield;
             }
+            if vcpu.context.guest.hstatus & bits::HSTATUS_VTVM != 0 {
+                if let Some(next) = emulate_translation_insn(vcpu, exit.stval) {
+                    return next;
+                }
+            }
             // Nothing else is emulated this way: the guest used an instruction its privilege does not allow.
             inject_exception(vcpu, cause::ILLEGAL_INSTRUCTION, exit.stval);
             Next::Resume
@@ -264,6 +269,54 @@ fn handle_exit(vcpu: &mut Vcpu, hartid: usize, slice_end: u64) -> Next {
 
 /// The encoding of `wfi`, as `stval` reports it for a virtual-instruction exception.
 const WFI: u64 = 0x1050_0073;
+
+/// Answers a guest's `satp` access or `sfence.vma` while its paging probe is armed (`hstatus.VTVM`, set at every
+/// vCPU reset), or returns `None` for any other instruction.
+///
+/// A guest's kernel finds its paging mode by writing `satp` and reading it back. Left alone it would see every mode
+/// the hart has and pick the deepest (Sv57 on QEMU), so here `satp` offers only Bare and modes up to
+/// [`crate::platform::GUEST_PAGING`]: a write naming another mode changes nothing, as on a hart without it. Once the
+/// guest turns on a mode Keel offers, its choice is made and the trap is disarmed; from then on its `satp` writes
+/// and fences run without exits.
+fn emulate_translation_insn(vcpu: &mut Vcpu, stval: u64) -> Option<Next> {
+    use keel_insn::translation::{self, CsrOperand, TranslationInsn};
+
+    let raw = match u32::try_from(stval) {
+        Ok(raw) if raw != 0 => raw,
+        _ => fetch_guest_instruction(vcpu.context.guest.sepc).ok()?,
+    };
+    match translation::decode_translation(raw)? {
+        TranslationInsn::SfenceVma { .. } => {
+            arch::hfence_vvma_all();
+            // A hart that traps fences but not satp accesses (QEMU before 8.0) let the guest choose its mode
+            // unseen; once it translates, nothing is left to answer.
+            if translation::satp_mode_of(csr::vsatp::read()) != translation::satp_mode::BARE {
+                vcpu.context.guest.hstatus &= !bits::HSTATUS_VTVM;
+            }
+        }
+        TranslationInsn::Csr(insn) if insn.csr == translation::CSR_SATP => {
+            let guest = &mut vcpu.context.guest;
+            let old = csr::vsatp::read();
+            let operand = match insn.operand {
+                CsrOperand::Register(rs1) => guest.x[rs1 as usize],
+                CsrOperand::Immediate(imm) => u64::from(imm),
+            };
+            if let Some(written) = insn.written(old, operand) {
+                let new = translation::satp_after_write(old, written, crate::platform::GUEST_PAGING);
+                csr::vsatp::write(new);
+                if translation::satp_mode_of(new) != translation::satp_mode::BARE {
+                    guest.hstatus &= !bits::HSTATUS_VTVM;
+                }
+            }
+            if insn.rd != 0 {
+                guest.x[insn.rd as usize] = old;
+            }
+        }
+        TranslationInsn::Csr(_) => return None,
+    }
+    vcpu.context.guest.sepc += 4;
+    Some(Next::Resume)
+}
 
 #[link_section = ".text.hot.1"]
 fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -> Next {

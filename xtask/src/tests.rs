@@ -49,6 +49,8 @@ enum QemuVersion {
 enum Extra {
     /// `nproc` reports this many CPUs.
     Cpus(u32),
+    /// The kernel's paging mode, as `/proc/cpuinfo`'s `mmu` line names it (`sv39`, `sv48`, `sv57`).
+    Paging(&'static str),
     /// Keel's boot log says the boot capsule has this many GiB of RAM mapped with G-stage gigapages.
     Gigapages(u32),
     /// `reboot` restarts the capsule, which comes back to a shell.
@@ -165,7 +167,11 @@ const SCENARIOS: &[Scenario] = &[
         ..Scenario::new("native-debian", Kernel::Debian, false, QemuVersion::Machine)
     },
     Scenario::new("native-small", Kernel::Small, false, QemuVersion::Machine),
-    Scenario::new("native-small-qemu10", Kernel::Small, false, QemuVersion::Backports),
+    // QEMU 10's harts have Sv57, and a kernel on the firmware takes it; under Keel (below) it gets Sv39.
+    Scenario {
+        expect: Expect::Shell(&[Extra::Paging("sv57")]),
+        ..Scenario::new("native-small-qemu10", Kernel::Small, false, QemuVersion::Backports)
+    },
     // The SBI check guest straight on OpenSBI, then as Keel's boot capsule (a flat kernel, 64 MiB).
     Scenario {
         expect: Expect::GuestChecks,
@@ -185,7 +191,11 @@ const SCENARIOS: &[Scenario] = &[
         expect: Expect::Shell(&[Extra::Reboot]),
         ..Scenario::new("keel-small", Kernel::Small, true, QemuVersion::Machine)
     },
-    Scenario::new("keel-small-qemu10", Kernel::Small, true, QemuVersion::Backports),
+    // QEMU 10 traps satp accesses under hstatus.VTVM, so Keel's Sv39 offer is what the kernel's probe finds.
+    Scenario {
+        expect: Expect::Shell(&[Extra::Paging("sv39")]),
+        ..Scenario::new("keel-small-qemu10", Kernel::Small, true, QemuVersion::Backports)
+    },
     // Two vCPUs on two harts: HSM start of the second vCPU, IPIs and remote fences between them.
     Scenario {
         manifest: Some("small-smp2"),
@@ -918,6 +928,20 @@ fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result
                 .expect(PROMPT, timeouts.command)
                 .context("prompt after nproc")?;
             Ok(format!("{cpus} CPUs online"))
+        }
+        Extra::Paging(expected) => {
+            console.send_line("grep -m1 '^mmu' /proc/cpuinfo")?;
+            let line = console
+                .expect_line("the `mmu` line of /proc/cpuinfo", timeouts.command, |line| line.starts_with("mmu"))
+                .context("`grep mmu /proc/cpuinfo`")?;
+            let mode = line.split(':').nth(1).map(str::trim).unwrap_or_default().to_string();
+            if mode != expected {
+                bail!("the kernel pages with `{mode}`, expected {expected}");
+            }
+            console
+                .expect(PROMPT, timeouts.command)
+                .context("prompt after grep mmu")?;
+            Ok(format!("paging {mode}"))
         }
         Extra::Gigapages(expected) => {
             let transcript = console.transcript();

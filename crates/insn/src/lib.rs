@@ -1,4 +1,5 @@
-//! Decoding of RISC-V integer load/store instructions for MMIO emulation.
+//! Decoding of RISC-V integer load/store instructions for MMIO emulation, and of the address-translation
+//! instructions a hypervisor answers while it narrows a guest's paging modes ([`translation`]).
 //!
 //! When a guest load or store hits an address that the hypervisor emulates, the trap
 //! carries either `htinst` (a transformed copy of the faulting instruction, or 0) or
@@ -15,6 +16,8 @@
 #![cfg_attr(not(test), no_std)]
 
 use core::fmt;
+
+pub mod translation;
 
 /// Direction of an MMIO access and the integer register it involves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -121,6 +121,8 @@ pub mod bits {
     pub const HSTATUS_SPV: u64 = 1 << 7;
     /// `hstatus.SPVP`: the guest's privilege at the trap (and of HLV/HSV accesses).
     pub const HSTATUS_SPVP: u64 = 1 << 8;
+    /// `hstatus.VTVM`: `satp` accesses and `sfence.vma` in VS-mode raise a virtual-instruction exception.
+    pub const HSTATUS_VTVM: u64 = 1 << 20;
     /// `hstatus.VTW`: WFI in VS-mode raises a virtual-instruction exception.
     pub const HSTATUS_VTW: u64 = 1 << 21;
     /// `hstatus.VSXL` = 64-bit.
