@@ -1,6 +1,6 @@
 //! Physical harts: identity, bring-up of the secondaries, and the messages harts send each other.
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::{self, csr, csr::bits};
 use crate::{firmware, memory};
@@ -42,8 +42,24 @@ pub fn online_count() -> usize {
     ONLINE_COUNT.load(Ordering::Acquire)
 }
 
+/// How long the boot hart waits for a secondary hart: to hand itself back after a second entry into `_start`, and
+/// to come online after it was started. Both take well under a second even on a loaded emulator; a missing hart
+/// only idles, so the limit is generous.
+const HART_WAIT_SECONDS: u64 = 3;
+
+unsafe extern "C" {
+    /// What a hart that lost the boot lottery in `_start` got back from SBI HSM `hart_stop` when that failed: its
+    /// hart id plus one in the upper half, the SBI error in the lower half; zero if none failed.
+    static keel_lottery_stop_failure: AtomicU64;
+}
+
+/// The deadline `HART_WAIT_SECONDS` from now, in `time` ticks of a timebase of `timebase_hz`.
+fn deadline(timebase_hz: u64) -> u64 {
+    csr::time::read().saturating_add(HART_WAIT_SECONDS.saturating_mul(timebase_hz))
+}
+
 /// Starts every other enabled hart of the platform through SBI HSM, each on a stack of its own.
-pub fn start_secondaries(hartids: impl Iterator<Item = usize>) {
+pub fn start_secondaries(hartids: impl Iterator<Item = usize>, timebase_hz: u64) {
     unsafe extern "C" {
         fn keel_secondary_start();
     }
@@ -63,13 +79,14 @@ pub fn start_secondaries(hartids: impl Iterator<Item = usize>) {
         if started == Err(firmware::FirmwareError(firmware::ERROR_ALREADY_AVAILABLE)) {
             // The firmware sent this hart into Keel's entry as well (some do, now and then); it lost the boot
             // lottery there and is handing itself back (`_start`). Start it properly once it has.
-            for _ in 0..100_000 {
-                if firmware::hart_stopped(hartid) {
-                    break;
-                }
+            let until = deadline(timebase_hz);
+            while !firmware::hart_stopped(hartid) && csr::time::read() < until {
                 core::hint::spin_loop();
             }
             started = firmware::hart_start(hartid, entry, top);
+            if started.is_err() {
+                report_lottery_stop_failure();
+            }
         }
         if let Err(error) = started {
             log::warn!("firmware could not start hart {hartid}: SBI error {}", error.0);
@@ -77,15 +94,30 @@ pub fn start_secondaries(hartids: impl Iterator<Item = usize>) {
     }
 }
 
-/// Waits until `count` harts are online or about a second of spinning has passed.
-pub fn wait_online(count: usize) {
-    for _ in 0..50_000_000u64 {
-        if online_count() >= count {
+/// Names the hart that entered `_start` a second time and could not hand itself back, if one did.
+fn report_lottery_stop_failure() {
+    // SAFETY: the word is defined in `_start`'s assembly, aligned, and only ever accessed atomically or by `sd`.
+    let failure = unsafe { keel_lottery_stop_failure.load(Ordering::Acquire) };
+    if failure != 0 {
+        log::warn!(
+            "hart {} entered Keel's entry point a second time and SBI HSM hart_stop failed there (SBI error {}); it idles",
+            (failure >> 32) - 1,
+            failure as u32 as i32
+        );
+    }
+}
+
+/// Waits until `count` harts are online, or for [`HART_WAIT_SECONDS`] at most.
+pub fn wait_online(count: usize, timebase_hz: u64) {
+    let until = deadline(timebase_hz);
+    while online_count() < count {
+        if csr::time::read() >= until {
+            log::warn!("only {} of {count} harts came online within {HART_WAIT_SECONDS} s", online_count());
+            report_lottery_stop_failure();
             return;
         }
         core::hint::spin_loop();
     }
-    log::warn!("only {} of {count} harts came online", online_count());
 }
 
 /// Sleeps in WFI until `ready()` holds, woken by [`kick`]s. A hart waiting this way takes no time from the others,

@@ -139,8 +139,9 @@ extern "C" fn keel_boot_main(hartid: usize, dtb: usize) -> ! {
     }
     let enabled: Vec<usize> = host.harts.iter().filter(|h| h.enabled).map(|h| h.hartid as usize).collect();
     // The other harts start while the bundled image is being checked, and hash parts of it as they come up.
-    let image = check_bundled_image(|| hart::start_secondaries(enabled.iter().copied()));
-    hart::wait_online(enabled.len().min(hart::MAX_HARTS));
+    let timebase_hz = host.timebase_frequency;
+    let image = check_bundled_image(|| hart::start_secondaries(enabled.iter().copied(), timebase_hz));
+    hart::wait_online(enabled.len().min(hart::MAX_HARTS), timebase_hz);
     // Only harts that have entered Keel get vCPUs: one that has not by now (the firmware failed to start it, or it
     // is very late) is named and left out, and idles if it arrives after all.
     let mut online_harts = alloc::vec![hartid];

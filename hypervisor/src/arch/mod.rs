@@ -183,13 +183,25 @@ _start:
 5:  li a7, 0x48534D
     li a6, 1
     ecall
+    /* Still here: hart_stop failed. Leave the hart id and the error for the boot hart to report. */
+    addi t0, tp, 1
+    slli t0, t0, 32
+    slli a0, a0, 32
+    srli a0, a0, 32
+    or t0, t0, a0
+    lla t1, keel_lottery_stop_failure
+    sd t0, 0(t1)
 6:  wfi
     j 6b
 
     .section .data
-    .align 2
+    .align 3
 keel_boot_lottery:
     .word 0
+    .word 0
+    .global keel_lottery_stop_failure
+keel_lottery_stop_failure:
+    .dword 0
 
     .text
     .global keel_secondary_start
