@@ -155,6 +155,8 @@ pub struct VcpuShared {
     pub hart: AtomicUsize,
     /// The vCPU is on its hart now (switched in).
     pub running: AtomicBool,
+    /// Its exits since the capsule (re)started.
+    pub exits: crate::stats::ExitCounters,
 }
 
 impl VcpuShared {
@@ -170,6 +172,7 @@ impl VcpuShared {
             irq_changed: AtomicBool::new(false),
             hart: AtomicUsize::new(hart),
             running: AtomicBool::new(false),
+            exits: Default::default(),
         }
     }
 
@@ -581,7 +584,6 @@ pub struct Vcpu {
     pub waiting: bool,
     /// The guest's timer deadline when Keel emulates it (no Sstc); with Sstc it is `vs.vstimecmp`.
     pub guest_deadline: u64,
-    pub exits: crate::stats::ExitCounters,
 }
 
 impl Vcpu {
@@ -597,7 +599,6 @@ impl Vcpu {
             generation,
             waiting: false,
             guest_deadline: u64::MAX,
-            exits: Default::default(),
         })
     }
 

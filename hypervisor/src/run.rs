@@ -114,7 +114,7 @@ pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
                 return SliceEnd::Requeue;
             }
             Next::Reset(kind, reason) => {
-                log_exits(vcpu);
+                log_exits(&capsule);
                 let failed = reason == ResetReason::SystemFailure;
                 match kind {
                     ResetKind::Shutdown => after_shutdown(&capsule, vcpu.index, failed),
@@ -123,7 +123,7 @@ pub fn run_vcpu(hartid: usize, vcpu: &mut Vcpu) -> SliceEnd {
                 return SliceEnd::Drop;
             }
             Next::Kill => {
-                log_exits(vcpu);
+                log_exits(&capsule);
                 after_shutdown(&capsule, vcpu.index, true);
                 return SliceEnd::Drop;
             }
@@ -153,23 +153,24 @@ fn repair_guest_timer(now: u64) {
     }
 }
 
-/// Reports how often a vCPU trapped into Keel, by cause.
-fn log_exits(vcpu: &Vcpu) {
-    let e = &vcpu.exits;
-    log::info!(
-        "capsule '{}' vCPU {}: {} exits (SBI {}, MMIO {}, virtual instruction {}, faults injected {}, host timer {}, host external {}, IPIs {}, other {})",
-        vcpu.capsule.name,
-        vcpu.index,
-        e.total(),
-        e.sbi,
-        e.mmio,
-        e.virtual_instruction,
-        e.injected_faults,
-        e.host_timer,
-        e.host_external,
-        e.host_software,
-        e.other
-    );
+/// Reports how often each of a capsule's vCPUs trapped into Keel, by cause.
+fn log_exits(capsule: &Capsule) {
+    for (index, vcpu) in capsule.vcpus.iter().enumerate() {
+        let e = &vcpu.exits;
+        log::info!(
+            "capsule '{}' vCPU {index}: {} exits (SBI {}, MMIO {}, virtual instruction {}, faults injected {}, host timer {}, host external {}, IPIs {}, other {})",
+            capsule.name,
+            e.total(),
+            e.sbi.get(),
+            e.mmio.get(),
+            e.virtual_instruction.get(),
+            e.injected_faults.get(),
+            e.host_timer.get(),
+            e.host_external.get(),
+            e.host_software.get(),
+            e.other.get()
+        );
+    }
 }
 
 /// Applies what other harts (or devices) asked of this vCPU since it last ran.
@@ -218,11 +219,11 @@ fn handle_exit(vcpu: &mut Vcpu, hartid: usize, slice_end: u64) -> Next {
     }
     match exit.scause {
         cause::VIRTUAL_SUPERVISOR_ECALL => {
-            vcpu.exits.sbi += 1;
+            vcpu.shared().exits.sbi.bump();
             handle_sbi(vcpu)
         }
         cause::LOAD_GUEST_PAGE_FAULT | cause::STORE_GUEST_PAGE_FAULT => {
-            vcpu.exits.mmio += 1;
+            vcpu.shared().exits.mmio.bump();
             handle_guest_page_fault(vcpu)
         }
         cause::INSTRUCTION_GUEST_PAGE_FAULT => {
@@ -237,7 +238,7 @@ fn handle_exit(vcpu: &mut Vcpu, hartid: usize, slice_end: u64) -> Next {
             Next::Resume
         }
         cause::VIRTUAL_INSTRUCTION => {
-            vcpu.exits.virtual_instruction += 1;
+            vcpu.shared().exits.virtual_instruction.bump();
             if exit.stval == WFI && vcpu.context.guest.hstatus & bits::HSTATUS_VTW != 0 {
                 // WFI while other vCPUs share the hart: wait off the hart until an interrupt is pending.
                 vcpu.context.guest.sepc += 4;
@@ -254,7 +255,7 @@ fn handle_exit(vcpu: &mut Vcpu, hartid: usize, slice_end: u64) -> Next {
             Next::Resume
         }
         other => {
-            vcpu.exits.other += 1;
+            vcpu.shared().exits.other.bump();
             log::error!(
                 "capsule '{}' vCPU {}: unexpected trap cause {other} at pc {:#x} (stval {:#x})",
                 vcpu.capsule.name,
@@ -322,15 +323,15 @@ fn emulate_translation_insn(vcpu: &mut Vcpu, stval: u64) -> Option<Next> {
 fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -> Next {
     match code {
         cause::IRQ_S_SOFT => {
-            vcpu.exits.host_software += 1;
+            vcpu.shared().exits.host_software.bump();
             csr::sip::clear(bits::IRQ_S_SOFT);
         }
         cause::IRQ_S_EXT => {
-            vcpu.exits.host_external += 1;
+            vcpu.shared().exits.host_external.bump();
             service_host_external();
         }
         cause::IRQ_S_TIMER => {
-            vcpu.exits.host_timer += 1;
+            vcpu.shared().exits.host_timer.bump();
             sched::arm_timer(u64::MAX);
             let now = csr::time::read();
             if sched::sstc() {
@@ -344,7 +345,7 @@ fn handle_interrupt(vcpu: &mut Vcpu, hartid: usize, slice_end: u64, code: u64) -
                 return Next::Yield;
             }
         }
-        _ => vcpu.exits.other += 1,
+        _ => vcpu.shared().exits.other.bump(),
     }
     // Something on this hart may have woken up (a timer deadline, an IPI, console input): let it run.
     if sched::woken_waiting(hartid) {
@@ -404,7 +405,7 @@ fn deliver_console_input(bytes: &[u8]) {
 
 /// Makes the guest take exception `code` as if the hardware had raised it in VS-mode.
 fn inject_exception(vcpu: &mut Vcpu, code: u64, tval: u64) {
-    vcpu.exits.injected_faults += 1;
+    vcpu.shared().exits.injected_faults.bump();
     let guest = &mut vcpu.context.guest;
     let from_supervisor = guest.sstatus & bits::SSTATUS_SPP != 0;
     csr::vsepc::write(guest.sepc);
@@ -878,6 +879,9 @@ pub fn reboot_capsule(capsule: &Arc<Capsule>, caller: usize) {
         while index != caller && vcpu.running.load(Ordering::Acquire) {
             core::hint::spin_loop();
         }
+    }
+    for vcpu in &capsule.vcpus {
+        vcpu.exits.reset();
     }
     capsule.memory.scrub();
     {
