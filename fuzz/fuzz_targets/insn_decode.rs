@@ -1,7 +1,9 @@
 //! Fuzzes the MMIO instruction decoder: raw words, compressed halfwords and `htinst` values, checked
-//! against an independent reading of the base-ISA load/store encodings.
+//! against an independent reading of the base-ISA load/store encodings. Also the decoder of trapped
+//! address-translation instructions and the `satp` write rule.
 #![no_main]
 
+use keel_insn::translation::{decode_translation, satp_after_write, satp_mode, satp_mode_of, TranslationInsn};
 use keel_insn::{decode, decode_htinst, load_value, store_value, Access, DecodeError, MmioInsn};
 use libfuzzer_sys::fuzz_target;
 
@@ -49,6 +51,8 @@ fuzz_target!(|input: (u32, u64, u64)| {
         let _ = error.to_string();
     }
 
+    check_translation(raw, htinst, value);
+
     for width in [1u8, 2, 4, 8] {
         let stored = store_value(value, width);
         let bits = u32::from(width) * 8;
@@ -59,6 +63,31 @@ fuzz_target!(|input: (u32, u64, u64)| {
         assert_eq!(store_value(signed, width), stored);
     }
 });
+
+/// A trapped translation instruction is a SYSTEM-opcode word whose fields decode as the spec lays them out, and
+/// a `satp` write either takes the value whole (Bare, or a mode from Sv39 to the offer) or changes nothing.
+fn check_translation(raw: u32, old: u64, written: u64) {
+    match decode_translation(raw) {
+        Some(TranslationInsn::SfenceVma { rs1, rs2 }) => {
+            assert_eq!(raw & 0xfe00_7fff, 0x1200_0073);
+            assert_eq!((u32::from(rs1), u32::from(rs2)), ((raw >> 15) & 0x1f, (raw >> 20) & 0x1f));
+        }
+        Some(TranslationInsn::Csr(insn)) => {
+            assert_eq!(raw & 0x7f, 0x73);
+            assert!(matches!((raw >> 12) & 7, 1 | 2 | 3 | 5 | 6 | 7));
+            assert_eq!(u32::from(insn.csr), raw >> 20);
+            assert_eq!(u32::from(insn.rd), (raw >> 7) & 0x1f);
+            let _ = insn.written(old, written);
+        }
+        None => assert!(raw & 0x7f != 0x73 || (raw >> 12) & 7 == 4 || (raw >> 12) & 7 == 0),
+    }
+    for widest in [satp_mode::SV39, satp_mode::SV48, satp_mode::SV57] {
+        let after = satp_after_write(old, written, widest);
+        let mode = satp_mode_of(written);
+        let offered = mode == satp_mode::BARE || (satp_mode::SV39..=widest).contains(&mode);
+        assert_eq!(after, if offered { written } else { old });
+    }
+}
 
 fn check_shape(insn: &MmioInsn) {
     assert!(matches!(insn.width, 1 | 2 | 4 | 8));

@@ -582,6 +582,7 @@ impl Context<'_> {
             }
         };
         benchmark.notes.push(machines_note(kernel, &variants[1].1));
+        benchmark.notes.push(PAGING_NOTE.to_string());
         for (variant, machine, payload) in &variants {
             benchmark.commands.insert(
                 variant.label().to_string(),
@@ -1101,6 +1102,9 @@ fn machines_note(kernel: Kernel, native: &Machine) -> String {
         native.smp
     )
 }
+
+/// How the guest's paging mode differs between the two ways it boots.
+const PAGING_NOTE: &str = "paging: Keel offers capsules Sv39 and answers their kernel's satp probe itself; natively the kernel takes the hart's widest mode, Sv57. QEMU 7.2 does not trap satp accesses under hstatus.VTVM, so there the capsule's kernel finds Sv57 as well; QEMU 10 does, and the capsule pages with Sv39";
 
 fn scale_capsule_name(index: usize) -> String {
     if index == 0 { BOOT_CAPSULE.to_string() } else { format!("c{index}") }
