@@ -150,53 +150,24 @@ mod tests {
     const ECALL: u32 = 0x0000_0073;
     const LD_A0: u32 = 0x0005_3503; // ld a0, 0(a0)
 
+    /// The decoding of a CSR instruction on `satp`.
+    fn on_satp(rd: u8, op: CsrOp, operand: CsrOperand) -> Option<TranslationInsn> {
+        Some(TranslationInsn::Csr(CsrInsn { csr: CSR_SATP, rd, op, operand }))
+    }
+
     #[test]
     fn satp_instructions_decode_with_their_operands() {
-        assert_eq!(
-            decode_translation(CSRW_SATP_A2),
-            Some(TranslationInsn::Csr(CsrInsn {
-                csr: CSR_SATP,
-                rd: 0,
-                op: CsrOp::Write,
-                operand: CsrOperand::Register(12)
-            }))
-        );
-        assert_eq!(
-            decode_translation(CSRR_A0_SATP),
-            Some(TranslationInsn::Csr(CsrInsn {
-                csr: CSR_SATP,
-                rd: 10,
-                op: CsrOp::Set,
-                operand: CsrOperand::Register(0)
-            }))
-        );
-        assert_eq!(
-            decode_translation(CSRRSI_T0_SATP_4),
-            Some(TranslationInsn::Csr(CsrInsn {
-                csr: CSR_SATP,
-                rd: 5,
-                op: CsrOp::Set,
-                operand: CsrOperand::Immediate(4)
-            }))
-        );
-        assert_eq!(
-            decode_translation(CSRRC_X0_SATP_T1),
-            Some(TranslationInsn::Csr(CsrInsn {
-                csr: CSR_SATP,
-                rd: 0,
-                op: CsrOp::Clear,
-                operand: CsrOperand::Register(6)
-            }))
-        );
-        assert_eq!(
-            decode_translation(CSRRCI_A1_SATP_0),
-            Some(TranslationInsn::Csr(CsrInsn {
-                csr: CSR_SATP,
-                rd: 11,
-                op: CsrOp::Clear,
-                operand: CsrOperand::Immediate(0)
-            }))
-        );
+        let cases = [
+            (CSRW_SATP_A2, on_satp(0, CsrOp::Write, CsrOperand::Register(12))),
+            (CSRR_A0_SATP, on_satp(10, CsrOp::Set, CsrOperand::Register(0))),
+            (CSRRW_A0_SATP_X0, on_satp(10, CsrOp::Write, CsrOperand::Register(0))),
+            (CSRRSI_T0_SATP_4, on_satp(5, CsrOp::Set, CsrOperand::Immediate(4))),
+            (CSRRC_X0_SATP_T1, on_satp(0, CsrOp::Clear, CsrOperand::Register(6))),
+            (CSRRCI_A1_SATP_0, on_satp(11, CsrOp::Clear, CsrOperand::Immediate(0))),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(decode_translation(raw), expected, "{raw:#x}");
+        }
     }
 
     #[test]
