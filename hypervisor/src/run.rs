@@ -282,6 +282,10 @@ const WFI: u64 = 0x1050_0073;
 fn emulate_translation_insn(vcpu: &mut Vcpu, stval: u64) -> Option<Next> {
     use keel_insn::translation::{self, CsrOperand, TranslationInsn};
 
+    // From VU-mode these instructions are not the kernel's to answer: they stay illegal, as on the hardware.
+    if vcpu.context.guest.sstatus & bits::SSTATUS_SPP == 0 {
+        return None;
+    }
     let raw = match u32::try_from(stval) {
         Ok(raw) if raw != 0 => raw,
         _ => fetch_guest_instruction(vcpu.context.guest.sepc).ok()?,
@@ -289,7 +293,7 @@ fn emulate_translation_insn(vcpu: &mut Vcpu, stval: u64) -> Option<Next> {
     match translation::decode_translation(raw)? {
         TranslationInsn::SfenceVma { .. } => {
             arch::hfence_vvma_all();
-            // A hart that traps fences but not satp accesses (QEMU before 8.0) let the guest choose its mode
+            // A hart that traps fences but not satp accesses (QEMU 7.2 does so) let the guest choose its mode
             // unseen; once it translates, nothing is left to answer.
             if translation::satp_mode_of(csr::vsatp::read()) != translation::satp_mode::BARE {
                 vcpu.context.guest.hstatus &= !bits::HSTATUS_VTVM;
