@@ -848,31 +848,23 @@ fn drive(
 
     shell_answers(console, "echo $((6*7))", "42", "shell arithmetic `echo $((6*7))`", timeouts)?;
 
-    console.send_line("dmesg | grep -i 'SBI implementation ID'")?;
-    let sbi_line = console
-        .expect_line(
-            "the kernel's `SBI implementation ID=` line",
-            timeouts.command,
-            |line| sbi_implementation_id(line).is_some(),
-        )
-        .context("SBI implementation ID in dmesg")?;
+    let sbi_line = shell_line(
+        console,
+        "dmesg | grep -i 'SBI implementation ID'",
+        "the kernel's `SBI implementation ID=` line",
+        timeouts,
+        |line| sbi_implementation_id(line).is_some(),
+    )
+    .context("SBI implementation ID in dmesg")?;
     let found_id = sbi_implementation_id(&sbi_line).unwrap_or_default();
     if found_id != expected_sbi_id {
         bail!("SBI implementation ID is {found_id}, expected {expected_sbi_id} (line: {sbi_line})");
     }
-    console
-        .expect(PROMPT, timeouts.command)
-        .context("prompt after dmesg")?;
 
-    console.send_line("cat /proc/cpuinfo")?;
-    let isa = console
-        .expect_line("an `isa : rv64...` line", timeouts.command, |line| {
-            line.starts_with("isa") && line.contains("rv64")
-        })
-        .context("/proc/cpuinfo names the CPU")?;
-    console
-        .expect(PROMPT, timeouts.command)
-        .context("prompt after cpuinfo")?;
+    let isa = shell_line(console, "cat /proc/cpuinfo", "an `isa : rv64...` line", timeouts, |line| {
+        line.starts_with("isa") && line.contains("rv64")
+    })
+    .context("/proc/cpuinfo names the CPU")?;
 
     let mut notes = Vec::new();
     for extra in extras {
@@ -900,47 +892,55 @@ fn drive(
 
 /// Types `command`, expects a line that is exactly `answer`, then the next prompt; errors name `step`.
 fn shell_answers(console: &mut Console, command: &str, answer: &str, step: &str, timeouts: &Timeouts) -> Result<()> {
-    console.send_line(command)?;
-    console
-        .expect_line(&format!("a line `{answer}`"), timeouts.command, |line| line.trim() == answer)
+    shell_line(console, command, &format!("a line `{answer}`"), timeouts, |line| line.trim() == answer)
         .with_context(|| step.to_string())?;
+    Ok(())
+}
+
+/// Types `command`, waits for the first line `accept` takes (described as `what`), then for the next prompt;
+/// returns that line.
+fn shell_line(
+    console: &mut Console,
+    command: &str,
+    what: &str,
+    timeouts: &Timeouts,
+    accept: impl Fn(&str) -> bool,
+) -> Result<String> {
+    console.send_line(command)?;
+    let line = console.expect_line(what, timeouts.command, accept)?;
     console
         .expect(PROMPT, timeouts.command)
-        .with_context(|| format!("prompt after: {step}"))?;
-    Ok(())
+        .with_context(|| format!("prompt after `{command}`"))?;
+    Ok(line)
 }
 
 /// One extra check, run at the shell prompt; leaves the console at a fresh prompt.
 fn run_extra(console: &mut Console, extra: Extra, timeouts: &Timeouts) -> Result<String> {
     match extra {
         Extra::Cpus(expected) => {
-            console.send_line("nproc")?;
-            let line = console
-                .expect_line("a number from `nproc`", timeouts.command, |line| {
-                    line.trim().parse::<u32>().is_ok()
-                })
-                .context("`nproc`")?;
+            let line = shell_line(console, "nproc", "a number from `nproc`", timeouts, |line| {
+                line.trim().parse::<u32>().is_ok()
+            })
+            .context("`nproc`")?;
             let cpus: u32 = line.trim().parse().unwrap_or(0);
             if cpus != expected {
                 bail!("`nproc` says {cpus} CPUs, expected {expected}");
             }
-            console
-                .expect(PROMPT, timeouts.command)
-                .context("prompt after nproc")?;
             Ok(format!("{cpus} CPUs online"))
         }
         Extra::Paging(expected) => {
-            console.send_line("grep -m1 '^mmu' /proc/cpuinfo")?;
-            let line = console
-                .expect_line("the `mmu` line of /proc/cpuinfo", timeouts.command, |line| line.starts_with("mmu"))
-                .context("`grep mmu /proc/cpuinfo`")?;
+            let line = shell_line(
+                console,
+                "grep -m1 '^mmu' /proc/cpuinfo",
+                "the `mmu` line of /proc/cpuinfo",
+                timeouts,
+                |line| line.starts_with("mmu"),
+            )
+            .context("`grep mmu /proc/cpuinfo`")?;
             let mode = line.split(':').nth(1).map(str::trim).unwrap_or_default().to_string();
             if mode != expected {
                 bail!("the kernel pages with `{mode}`, expected {expected}");
             }
-            console
-                .expect(PROMPT, timeouts.command)
-                .context("prompt after grep mmu")?;
             Ok(format!("paging {mode}"))
         }
         Extra::Gigapages(expected) => {
