@@ -19,7 +19,10 @@ const GUEST_SAFE_EXTENSIONS: &[&str] = &[
 /// `satp` itself, which Keel answers while they probe it ([`crate::run`]).
 pub const GUEST_PAGING: u64 = keel_insn::translation::satp_mode::SV39;
 /// [`GUEST_PAGING`] as the device tree spells it.
-const GUEST_MMU_TYPE: &str = "riscv,sv39";
+const GUEST_MMU_TYPE: &str = match keel_insn::translation::mmu_type(GUEST_PAGING) {
+    Some(name) => name,
+    None => panic!("GUEST_PAGING is not a paging mode"),
+};
 
 /// The machine as Keel drives it.
 pub struct Platform {

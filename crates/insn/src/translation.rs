@@ -24,6 +24,18 @@ pub mod satp_mode {
 
 const SATP_MODE_SHIFT: u32 = 60;
 
+/// How a device tree's `mmu-type` property names a paging mode: `riscv,sv39` and so on; `None` for a value that is
+/// not one of the RV64 modes in [`satp_mode`].
+pub const fn mmu_type(mode: u64) -> Option<&'static str> {
+    match mode {
+        satp_mode::BARE => Some("riscv,none"),
+        satp_mode::SV39 => Some("riscv,sv39"),
+        satp_mode::SV48 => Some("riscv,sv48"),
+        satp_mode::SV57 => Some("riscv,sv57"),
+        _ => None,
+    }
+}
+
 /// The `MODE` field of a `satp` value.
 pub fn satp_mode_of(satp: u64) -> u64 {
     satp >> SATP_MODE_SHIFT
@@ -210,5 +222,14 @@ mod tests {
         assert_eq!(satp_after_write(0, sv57, satp_mode::SV48), 0);
         assert_eq!(satp_after_write(0, sv57, satp_mode::SV57), sv57);
         assert_eq!(satp_mode_of(sv48), satp_mode::SV48);
+    }
+
+    #[test]
+    fn modes_have_their_device_tree_names() {
+        assert_eq!(mmu_type(satp_mode::SV39), Some("riscv,sv39"));
+        assert_eq!(mmu_type(satp_mode::SV48), Some("riscv,sv48"));
+        assert_eq!(mmu_type(satp_mode::SV57), Some("riscv,sv57"));
+        assert_eq!(mmu_type(satp_mode::BARE), Some("riscv,none"));
+        assert_eq!(mmu_type(5), None);
     }
 }

@@ -198,7 +198,7 @@ _start:
     .align 3
 keel_boot_lottery:
     .word 0
-    .word 0
+    .align 3
     .global keel_lottery_stop_failure
 keel_lottery_stop_failure:
     .dword 0
